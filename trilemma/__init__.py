@@ -1,0 +1,33 @@
+"""trilemma: text-to-image diffusion, autoregressive and GAN models, trained, run and compared side by side.
+
+    import trilemma
+    model = trilemma.load("shapes-ldm")          # a shipped model, or a checkpoint folder
+    images = model.generate(["a red circle above a blue square"], seed=0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+def load(name_or_dir: str | Path = None):
+    """A model by shipped name (see `trilemma models`) or from a checkpoint folder."""
+    from trilemma.checkpoint import CheckpointError
+    from trilemma.model import TrainableModel
+    from trilemma.registry import DEFAULT_MODEL, shipped_models
+
+    name_or_dir = name_or_dir or DEFAULT_MODEL
+    shipped = shipped_models()
+    if str(name_or_dir) in shipped:
+        return TrainableModel.from_pretrained(shipped[str(name_or_dir)])
+    path = Path(name_or_dir)
+    if path.exists():
+        return TrainableModel.from_pretrained(path)
+    raise CheckpointError(
+        f"unknown model {str(name_or_dir)!r}: neither a shipped model ({', '.join(shipped) or 'none shipped'}) nor a folder"
+    )
+
+
+__all__ = ["load", "__version__"]

@@ -1,0 +1,80 @@
+"""One checkpoint format: a folder rebuilds its own model; writes are atomic; damage is reported clearly."""
+
+import json
+
+import pytest
+import torch
+
+import trilemma
+from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trilemma.diffusion.latent_diffusion import LatentDiffusion
+from trilemma.model import TrainableModel
+
+
+def test_a_folder_rebuilds_its_model_with_no_other_code(tiny_ldm_dir):
+    config = json.loads((tiny_ldm_dir / "config.json").read_text())
+    assert config["family"] == "diffusion" and config["model_class"] == "LatentDiffusion"
+    assert "vocab" in config["config"]["tokenizer"] and config["config"]["unet_channels"] == [16, 32]
+    model = trilemma.load(tiny_ldm_dir)
+    assert isinstance(model, LatentDiffusion)
+    _, tensors = load_checkpoint(tiny_ldm_dir)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, tensors[name].float()), name
+
+
+def test_no_pickle_files_in_a_checkpoint(tiny_ldm_dir):
+    assert sorted(p.name for p in tiny_ldm_dir.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_fp16_save_loads_back_in_full_precision(tiny_ldm_dir, tmp_path):
+    model = trilemma.load(tiny_ldm_dir)
+    model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    half = TrainableModel.from_pretrained(tmp_path / "half")
+    assert next(half.parameters()).dtype == torch.float32
+    a, b = model.unet.conv_in.weight, half.unet.conv_in.weight
+    assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_a_crash_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    import trilemma.checkpoint as ck
+
+    target = tmp_path / "ckpt"
+    save_checkpoint(target, {"family": "x", "model_class": "Y", "v": 1}, {"w": torch.ones(3)})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ck, "write_json", crash)  # dies after the weights, before the config
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(target, {"family": "x", "model_class": "Y", "v": 2}, {"w": torch.zeros(3)})
+    config, tensors = load_checkpoint(target)
+    assert config["v"] == 1 and torch.equal(tensors["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp folder left behind
+
+
+def test_a_crash_between_the_renames_is_recovered(tmp_path):
+    target = tmp_path / "ckpt"
+    save_checkpoint(target, {"family": "x", "model_class": "Y"}, {"w": torch.ones(3)})
+    target.rename(tmp_path / "ckpt.old")  # the state after the first rename, before the second
+    _, tensors = load_checkpoint(target)
+    assert torch.equal(tensors["w"], torch.ones(3))
+
+
+def test_missing_and_corrupted_files_raise_clear_errors(tiny_ldm_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_ldm_dir, broken)
+    data = bytearray((broken / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        trilemma.load(broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        trilemma.load(broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        trilemma.load(broken)
+    with pytest.raises(CheckpointError, match="unknown model"):
+        trilemma.load(tmp_path / "nowhere")

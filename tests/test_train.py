@@ -1,0 +1,80 @@
+"""The one training loop: resume equals an uninterrupted run; two processes train; divergence stops cleanly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_train_config
+from trilemma.train.loop import TrainConfig, TrainingDiverged, train
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def test_resume_gives_the_same_weights_as_one_run(tmp_path, tiny_autoencoder_dir):
+    whole = train(TrainConfig.from_file(tiny_train_config(tmp_path / "a", tiny_autoencoder_dir, steps=6)), progress=False)
+    cfg_b = tiny_train_config(tmp_path / "b", tiny_autoencoder_dir, steps=6)
+    train(TrainConfig.from_file(cfg_b, steps=3), progress=False)  # stops at step 3 with a checkpoint
+    resumed = train(TrainConfig.from_file(cfg_b), resume=True, progress=False)
+    a, b = _weights(whole), _weights(resumed)
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst
+    # the first stage stayed frozen; the U-Net moved
+    for k, v in _weights(tiny_autoencoder_dir).items():
+        assert torch.equal(a["autoencoder." + k], v), k
+    untrained = _weights(tmp_path / "b" / "run" / "checkpoints" / "step-000003")
+    assert not torch.equal(untrained["unet.conv_in.weight"], a["unet.conv_in.weight"])
+    ckpts = sorted((tmp_path / "b" / "run" / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == ["step-000003", "step-000006"]
+
+
+def test_training_writes_log_grid_and_a_loadable_model(tmp_path, tiny_autoencoder_dir):
+    import trilemma
+
+    cfg = tiny_train_config(tmp_path, tiny_autoencoder_dir, steps=2, sample_every=2)
+    final = train(TrainConfig.from_file(cfg), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all("loss" in r and "img_per_s" in r for r in log)
+    assert (tmp_path / "run" / "samples" / "step-000002.png").is_file()
+    assert trilemma.load(final).generate(["a red circle"], steps=2)[0].size == (64, 64)
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_autoencoder_dir, monkeypatch):
+    from trilemma.diffusion.latent_diffusion import LatentDiffusion
+
+    original = LatentDiffusion.training_step
+
+    def explode(self, batch, name):
+        losses = original(self, batch, name)
+        if explode.calls >= 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        explode.calls += 1
+        return losses
+
+    explode.calls = 0
+    monkeypatch.setattr(LatentDiffusion, "training_step", explode)
+    cfg = tiny_train_config(tmp_path, tiny_autoencoder_dir, steps=6, checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match="diverged.*step-000002"):
+        train(TrainConfig.from_file(cfg), progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+
+
+def test_accelerate_launch_trains_with_two_processes(tmp_path, tiny_autoencoder_dir):
+    cfg = tiny_train_config(tmp_path, tiny_autoencoder_dir, steps=2, checkpoint_every=2)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trilemma", "train", str(cfg)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "final" / "config.json").is_file()

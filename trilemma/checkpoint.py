@@ -1,0 +1,146 @@
+"""One checkpoint format for every model: `config.json` + `model.safetensors`.
+
+`config.json` names the family and model class and holds every hyperparameter
+(and the tokenizer), so a folder rebuilds its own model with no other code.
+No pickle anywhere: weights are safetensors, everything else is JSON.
+
+Writes are atomic at the folder level: a new folder is written beside the old
+one, fsynced, then swapped in with renames, so a crash mid-write leaves the
+previous checkpoint intact (and `load` recovers it from `<dir>.old` if the
+crash fell between the two renames).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that is missing files, corrupted, or of an unknown kind."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_folder(final: Path, fill) -> None:
+    """Write a folder atomically: `fill(tmp_dir)` writes the files, then swap in."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        fill(tmp)
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = final.with_name(final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict | None = None) -> None:
+    """Save `config` (JSON-able) and `tensors` as one checkpoint folder, atomically.
+
+    `extra_files` maps file names to str (written as text) or to dicts of
+    tensors (written as safetensors) that travel with the checkpoint.
+    """
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+    def fill(tmp: Path) -> None:
+        save_file(tensors, tmp / WEIGHTS_NAME)
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, str):
+                (tmp / name).write_text(content)
+            elif isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
+                save_file({k: v.detach().contiguous().cpu() for k, v in content.items()}, tmp / name)
+            else:
+                write_json(tmp / name, content)
+        full = dict(config, format_version=FORMAT_VERSION, weights_sha256=_sha256(tmp / WEIGHTS_NAME))
+        write_json(tmp / CONFIG_NAME, full)
+
+    atomic_folder(Path(directory), fill)
+
+
+def resolve_folder(directory: str | Path) -> Path:
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not directory.exists() and old.exists():  # a crash fell between the two renames
+        return old
+    return directory
+
+
+def read_config(directory: str | Path) -> dict:
+    directory = resolve_folder(directory)
+    path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint folder {directory} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint folder {directory} has no {CONFIG_NAME}; it is incomplete")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupted (not valid JSON: {e})") from None
+    for key in ("family", "model_class"):
+        if key not in config:
+            raise CheckpointError(f"{path} names no '{key}'; it is not a trilemma checkpoint")
+    return config
+
+
+def load_checkpoint(directory: str | Path, verify: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of a checkpoint folder; a clear CheckpointError if broken."""
+    directory = resolve_folder(directory)
+    config = read_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint folder {directory} has no {WEIGHTS_NAME}; it is incomplete")
+    if verify and config.get("weights_sha256") and _sha256(weights) != config["weights_sha256"]:
+        raise CheckpointError(f"{weights} is corrupted: its sha256 does not match the one in {CONFIG_NAME}")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is corrupted ({e})") from None
+    return config, tensors

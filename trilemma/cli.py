@@ -1,0 +1,214 @@
+"""The `trilemma` command: a thin layer over the Python API.
+
+    trilemma generate "two red circles above a blue square" -n 4 --seed 0 --out out/
+    trilemma score out/ --json
+    trilemma data preview --out preview.png
+    trilemma data export --split test --n 1000 --out data/test
+    trilemma train configs/shapes-ldm.json [--resume]
+    trilemma models [--default]
+
+Bad input gets one clear line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trilemma", description="Text-to-image models, trained, run and compared side by side.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="the Shapes data set").add_subparsers(dest="data_command", required=True)
+    prev = data.add_parser("preview", help="write a captioned grid of Shapes scenes")
+    prev.add_argument("--split", default="train")
+    prev.add_argument("--n", type=_positive(int), default=24)
+    prev.add_argument("--resolution", type=_positive(int), default=64)
+    prev.add_argument("--seed", type=int, default=0)
+    prev.add_argument("--out", default="shapes-preview.png")
+    exp = data.add_parser("export", help="write an image folder with metadata.jsonl")
+    exp.add_argument("--split", default="test")
+    exp.add_argument("--n", type=_positive(int), default=1000)
+    exp.add_argument("--resolution", type=_positive(int), default=64)
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--out", required=True)
+    pr = data.add_parser("prompts", help="write the canonical prompts of a split, one a line")
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--n", type=_positive(int), default=500)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out", default="-")
+
+    tr = sub.add_parser("train", help="train a model from a recipe (a JSON config)")
+    tr.add_argument("config")
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output folder")
+    tr.add_argument("--steps", type=_positive(int))
+    tr.add_argument("--output-dir")
+    tr.add_argument("--max-minutes", type=float)
+
+    gen = sub.add_parser("generate", help="generate images from prompts")
+    gen.add_argument("prompt", nargs="*")
+    gen.add_argument("--prompts", help="a file of prompts, one a line")
+    gen.add_argument("--model", default=None, help="a shipped model name or a checkpoint folder (default: the default model)")
+    gen.add_argument("-n", "--num-images", type=_positive(int), default=1, help="images per prompt")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=_positive(int))
+    gen.add_argument("--guidance-scale", type=float)
+    gen.add_argument("--sampler")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--batch-size", type=_positive(int), default=50)
+    gen.add_argument("--out", default="out")
+
+    sc = sub.add_parser("score", help="score an image folder (metadata.jsonl) with the Shapes scorer")
+    sc.add_argument("folder")
+    sc.add_argument("--json", action="store_true", help="print one JSON object")
+    sc.add_argument("--out", help="where to write the JSON (default: FOLDER/scores.json)")
+
+    mo = sub.add_parser("models", help="list the shipped models")
+    mo.add_argument("--default", action="store_true", help="print the default model's name")
+    return p
+
+
+def cmd_data(args) -> None:
+    from trilemma.data.export import ensure_writable, export_split, test_prompts
+
+    if args.data_command == "preview":
+        from trilemma.data.shapes import render, sample_scene
+        from trilemma.grid import image_grid
+
+        scenes = [sample_scene(args.split, i, args.seed) for i in range(args.n)]
+        out = Path(args.out)
+        ensure_writable(out.parent if str(out.parent) else Path("."))
+        image_grid([render(s, args.resolution) for s in scenes], [s.prompt for s in scenes], cols=6).save(out)
+        print(out)
+    elif args.data_command == "export":
+        print(export_split(args.split, args.n, args.out, args.resolution, args.seed))
+    else:
+        text = "\n".join(test_prompts(args.split, args.n, args.seed)) + "\n"
+        if args.out == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.out).write_text(text)
+
+
+def cmd_train(args) -> None:
+    from trilemma.train.loop import TrainConfig, train
+
+    config = TrainConfig.from_file(args.config, steps=args.steps, output_dir=args.output_dir, max_minutes=args.max_minutes)
+    print(train(config, resume=args.resume))
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise FileNotFoundError(f"no prompts file at {path}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("no prompt given: pass a prompt, for example trilemma generate \"a red circle\", or --prompts FILE")
+    for p in prompts:
+        if not p.strip():
+            raise ValueError("a prompt is empty; give some text, for example 'a red circle'")
+    return prompts
+
+
+def cmd_generate(args) -> None:
+    import trilemma
+    from tqdm.auto import tqdm
+
+    from trilemma.data.export import ensure_writable
+    from trilemma.grid import image_grid
+
+    prompts = read_prompts(args)
+    out = ensure_writable(args.out)
+    model = trilemma.load(args.model)
+    options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler}.items() if v is not None}
+    if args.negative_prompt:
+        options["negative_prompt"] = args.negative_prompt
+    # Image k gets seed + k, so a run's bytes do not depend on the batch size.
+    jobs = [(p, args.seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.num_images))]
+    rows, images = [], []
+    for start in tqdm(range(0, len(jobs), args.batch_size), desc="generating", disable=len(jobs) <= args.batch_size):
+        chunk = jobs[start:start + args.batch_size]
+        batch = model.generate([p for p, _ in chunk], seed=chunk[0][1], **options)
+        for (prompt, seed), image in zip(chunk, batch):
+            name = f"{len(rows):06d}.png"
+            image.save(out / name)
+            rows.append({"file_name": name, "text": prompt, "seed": seed})
+            images.append(image)
+    with open(out / "metadata.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    shown = images[:64]
+    image_grid(shown, [r["text"] for r in rows[:64]], cols=min(8, len(shown))).save(out / "grid.png")
+    print(f"wrote {len(rows)} images, metadata.jsonl and grid.png to {out}")
+
+
+def cmd_score(args) -> None:
+    from trilemma.checkpoint import write_json
+    from trilemma.eval.folder import format_summary, score_folder
+
+    summary, records = score_folder(args.folder, progress=not args.json)
+    out = Path(args.out) if args.out else Path(args.folder) / "scores.json"
+    try:
+        write_json(out, {"summary": summary, "images": records})
+    except OSError as e:
+        print(f"warning: could not write {out}: {e.strerror}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+        print(f"(details in {out})")
+
+
+def cmd_models(args) -> None:
+    from trilemma.registry import DEFAULT_MODEL, model_info, shipped_models
+
+    if args.default:
+        print(DEFAULT_MODEL)
+        return
+    models = shipped_models()
+    if not models:
+        print("no shipped models")
+    for name, path in models.items():
+        info = model_info(path)
+        scores = info.get("scores", {})
+        measured = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, (int, float)))
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{mark}: {info['family']} / {info['model_class']}, {info['size_mb']} MB, "
+              f"{scores.get('parameters', 0) / 1e6:.1f}M parameters; pass rate {measured or 'not measured'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trilemma.checkpoint import CheckpointError
+    from trilemma.data.shapes import PromptError
+    from trilemma.train.loop import TrainingDiverged
+
+    handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models}
+    try:
+        handlers[args.command](args)
+    except (CheckpointError, PromptError, TrainingDiverged, ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"trilemma {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

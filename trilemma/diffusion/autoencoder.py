@@ -1,0 +1,89 @@
+"""Stable Diffusion's first stage, sized for Shapes: a KL autoencoder (Rombach et al., 2022).
+
+diffusers' `AutoencoderKL` is the network; this file adds its training
+objective. Shapes images are flat colors on a flat background, so an L1 + L2
+reconstruction loss with a light KL term (SD's 1e-6 scale) suffices: no
+perceptual or adversarial term, which would need pretrained weights or cost
+CPU time the benchmark does not need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from trilemma.model import TrainableModel
+
+
+@dataclass
+class AutoencoderConfig:
+    resolution: int = 64
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # 3 blocks: 64 px -> 16x16 latent
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    mid_block_attention: bool = False  # measured: attention at this size costs time, not quality
+    kl_weight: float = 1e-6
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+class KLAutoencoder(TrainableModel):
+    family = "diffusion"
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        self.config = config
+        n = len(config.block_out_channels)
+        self.vae = AutoencoderKL(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+            latent_channels=config.latent_channels, norm_num_groups=config.norm_num_groups,
+            sample_size=config.resolution, mid_block_add_attention=config.mid_block_attention,
+        )
+
+    def to_config(self) -> dict:
+        return asdict(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "KLAutoencoder":
+        config = dict(config)
+        config["block_out_channels"] = tuple(config["block_out_channels"])
+        return cls(AutoencoderConfig(**config))
+
+    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        posterior = self.vae.encode(images).latent_dist
+        return posterior.sample(generator) if sample else posterior.mode()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents).sample
+
+    def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
+        x = batch["pixel_values"]
+        posterior = self.vae.encode(x).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample
+        l1 = F.l1_loss(recon, x)
+        l2 = F.mse_loss(recon, x)
+        kl = posterior.kl().mean()
+        return {"loss": l1 + l2 + self.config.kl_weight * kl, "l1": l1, "mse": l2, "kl": kl}
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images)).clamp(-1, 1)
+
+    def preview(self, prompts: list[str], seed: int = 0):
+        """Reconstructions of `test` renders beside the originals."""
+        from trilemma.data.dataset import ShapesDataset
+        from trilemma.model import to_pil
+
+        data = ShapesDataset("test", self.config.resolution, seed, paraphrase=False)
+        x = torch.stack([data[i]["pixel_values"] for i in range(len(prompts))])
+        images = to_pil(torch.cat([x, self.reconstruct(x)]))
+        captions = [data[i]["prompt"] for i in range(len(prompts))] + ["reconstruction"] * len(prompts)
+        return images, captions

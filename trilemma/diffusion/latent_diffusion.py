@@ -1,0 +1,210 @@
+"""Text-conditional latent diffusion (Rombach et al., 2022, "High-Resolution Image
+Synthesis with Latent Diffusion Models"), Stable Diffusion's recipe sized for a CPU.
+
+A frozen KL autoencoder maps 64 px images to a small latent; a diffusers U-Net
+with cross-attention on the text encoder's token states learns to denoise
+those latents. Training uses v-prediction (Salimans & Ho, 2022) on a cosine
+schedule, min-SNR loss weighting (Hang et al., 2023) and condition dropout
+for classifier-free guidance (Ho & Salimans, 2022). Sampling uses diffusers'
+schedulers in an explicit loop, so every step of generation reads on one screen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+
+from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
+from trilemma.model import TextToImageModel, check_prompts, to_pil
+from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
+from trilemma.text.tokenizer import PromptTokenizer
+
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+
+
+@dataclass
+class LatentDiffusionConfig:
+    resolution: int = 64
+    autoencoder: dict = field(default_factory=lambda: asdict(AutoencoderConfig()))
+    latent_scale: float = 1.0  # SD's scaling factor: 1 / std of the training latents, set when training starts
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4})
+    tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
+    prediction_type: str = "v_prediction"  # epsilon failed here at the terminal step (MEASURED.md)
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    condition_dropout: float = 0.1
+    min_snr_gamma: float | None = 5.0
+    sampler: str = "dpmsolver++"
+    sampling_steps: int = 25
+    guidance_scale: float = 3.0
+
+
+class LatentDiffusion(TextToImageModel):
+    family = "diffusion"
+
+    def __init__(self, config: LatentDiffusionConfig):
+        super().__init__()
+        self.config = config
+        self.resolution = config.resolution
+        self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
+        self.text_encoder = TransformerTextEncoder(TextEncoderConfig(
+            vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **config.text_encoder))
+        self._set_autoencoder(KLAutoencoder.from_config(config.autoencoder))
+        ae = self.autoencoder.config
+        n = len(config.unet_channels)
+        self.unet = UNet2DConditionModel(
+            sample_size=self.latent_size, in_channels=ae.latent_channels, out_channels=ae.latent_channels,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+            block_out_channels=tuple(config.unet_channels), layers_per_block=config.layers_per_block,
+            cross_attention_dim=self.text_encoder.hidden_size, attention_head_dim=config.attention_head_dim,
+            norm_num_groups=min(16, config.unet_channels[0]),
+        )
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+            prediction_type=config.prediction_type, clip_sample=False,
+        )
+
+    def _set_autoencoder(self, autoencoder: KLAutoencoder) -> None:
+        self.autoencoder = autoencoder.requires_grad_(False)  # the first stage is trained on its own, then frozen
+        self.config.autoencoder = autoencoder.to_config()
+        self.latent_channels = autoencoder.config.latent_channels
+        self.latent_size = self.config.resolution // autoencoder.config.downsample
+
+    # --- config ---------------------------------------------------------------
+    def to_config(self) -> dict:
+        return asdict(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "LatentDiffusion":
+        config = dict(config)
+        config["unet_channels"] = tuple(config["unet_channels"])
+        return cls(LatentDiffusionConfig(**config))
+
+    # --- training -------------------------------------------------------------
+    def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
+        params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
+
+    def prepare_training(self, config, device):
+        """Load the trained autoencoder, encode a cache of training latents once, set the latent scale."""
+        from trilemma.data.dataset import CachedLatentDataset, ShapesDataset
+
+        source = config.init.get("autoencoder")
+        if source:
+            autoencoder = KLAutoencoder.from_pretrained(source)
+            if autoencoder.config.latent_channels != self.latent_channels or autoencoder.config.downsample != self.resolution // self.latent_size:
+                raise ValueError(f"{source}: its latent shape differs from the one this U-Net was built for; "
+                                 "set the model's 'autoencoder' config to match it")
+            self._set_autoencoder(autoencoder)
+        self.autoencoder.to(device).eval()
+        n = int(config.data.get("cache_latents", 20000))
+        data = ShapesDataset("train", self.resolution, config.seed, paraphrase=False)
+        latents = []
+        with torch.no_grad():
+            for start in tqdm(range(0, n, 256), desc="encoding latents", leave=False):
+                x = torch.stack([data[i]["pixel_values"] for i in range(start, min(n, start + 256))]).to(device)
+                latents.append(self.autoencoder.encode(x).cpu())
+        latents = torch.cat(latents)
+        self.config.latent_scale = float(1.0 / latents.std())
+        return CachedLatentDataset(latents, [data.scene(i) for i in range(n)], seed=config.seed)
+
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.unet.parameters()).device
+        ids, mask = self.tokenizer(prompts)
+        states, _ = self.text_encoder(ids.to(device), mask.to(device))
+        return states, mask.to(device)
+
+    def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
+        if "latents" in batch:
+            latents = batch["latents"]
+        else:
+            with torch.no_grad():
+                latents = self.autoencoder.encode(batch["pixel_values"])
+        latents = latents * self.config.latent_scale
+        b = latents.shape[0]
+        # Condition dropout: the same network learns the unconditional model for guidance.
+        drop = torch.rand(b) < self.config.condition_dropout
+        texts = ["" if d else t for d, t in zip(drop.tolist(), batch["text"])]
+        states, mask = self.encode_text(texts)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        if self.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        pred = self.unet(noisy, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        if self.config.min_snr_gamma:
+            # Min-SNR-gamma (Hang et al., 2023, eq. 9): clamp the weight of low-noise steps.
+            alpha_bar = self.noise_scheduler.alphas_cumprod.to(latents.device)[t]
+            snr = alpha_bar / (1 - alpha_bar)
+            weight = snr.clamp(max=self.config.min_snr_gamma)
+            weight = weight / (snr + 1) if self.config.prediction_type == "v_prediction" else weight / snr
+            loss = (weight * per_sample).mean()
+        else:
+            loss = per_sample.mean()
+        return {"loss": loss, "mse": per_sample.mean().detach()}
+
+    # --- sampling -------------------------------------------------------------
+    def make_sampler(self, name: str):
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        # "trailing" spacing starts sampling at the last training step (Lin et al., 2023).
+        common = {"timestep_spacing": "trailing"}
+        if name == "ddpm":
+            return DDPMScheduler.from_config(self.noise_scheduler.config, **common)
+        if name == "ddim":
+            return DDIMScheduler.from_config(self.noise_scheduler.config, **common)
+        return DPMSolverMultistepScheduler.from_config(
+            self.noise_scheduler.config, algorithm_type="dpmsolver++", solver_order=2, **common)
+
+    @torch.no_grad()
+    def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False):
+        prompts = check_prompts(prompts)
+        steps = steps or self.config.sampling_steps
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        images = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            images += self._generate_batch(chunk, [seed + start + i for i in range(len(chunk))], steps,
+                                           self.config.guidance_scale if guidance_scale is None else guidance_scale,
+                                           sampler or self.config.sampler, negative_prompt, progress)
+        return images
+
+    def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress):
+        device = next(self.unet.parameters()).device
+        # One generator per image: an image depends on its seed, not on its batch.
+        shape = (self.latent_channels, self.latent_size, self.latent_size)
+        latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+        scheduler = self.make_sampler(sampler_name)
+        scheduler.set_timesteps(steps)
+        latents = latents * scheduler.init_noise_sigma
+        cond, cond_mask = self.encode_text(prompts)
+        use_cfg = guidance_scale != 1.0
+        if use_cfg:
+            uncond, uncond_mask = self.encode_text([negative_prompt] * len(prompts))
+            states, mask = torch.cat([uncond, cond]), torch.cat([uncond_mask, cond_mask])
+        else:
+            states, mask = cond, cond_mask
+        step_generator = torch.Generator().manual_seed(seeds[0])
+        for t in tqdm(scheduler.timesteps, disable=not progress, leave=False, desc="denoising"):
+            x = torch.cat([latents, latents]) if use_cfg else latents
+            x = scheduler.scale_model_input(x, t)
+            out = self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+            if use_cfg:  # classifier-free guidance (Ho & Salimans, 2022)
+                out_uncond, out_cond = out.chunk(2)
+                out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            latents = scheduler.step(out, t, latents, generator=step_generator).prev_sample
+        images = self.autoencoder.decode(latents / self.config.latent_scale)
+        return to_pil(images)

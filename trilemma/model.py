@@ -1,0 +1,108 @@
+"""The interface every model of every family meets.
+
+A model trains through the one loop (`trilemma.train.loop`) by supplying
+`configure_optimizers` and `training_step`, saves itself with
+`save_pretrained`, and, if it draws images, answers `generate(prompts, ...)`.
+The CLI, the evaluation and the benchmarks talk to this interface only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+class TrainableModel(nn.Module):
+    family: str = ""
+
+    # --- what each model supplies -------------------------------------------
+    def to_config(self) -> dict:
+        """Every hyperparameter needed to rebuild the model (JSON-able)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TrainableModel":
+        raise NotImplementedError
+
+    def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0) -> dict[str, torch.optim.Optimizer]:
+        """Named optimizers, stepped in this order each training step (a GAN has two)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
+
+    def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
+        """Losses for one optimizer's step; the key "loss" is the one back-propagated."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
+        # The loop calls the (possibly DDP-wrapped) module, so gradients sync across processes.
+        return self.training_step(batch, optimizer_name)
+
+    def prepare_training(self, config, device) -> "torch.utils.data.Dataset":
+        """Set up for training (load pretrained parts, cache data); return the dataset."""
+        from trilemma.data.dataset import ShapesDataset
+
+        return ShapesDataset(config.data.get("split", "train"), config.data.get("resolution", 64), config.seed)
+
+    def preview(self, prompts: list[str], seed: int = 0) -> tuple[list[Image.Image], list[str]]:
+        """Images (and captions) for the loop's sample grid."""
+        raise NotImplementedError
+
+    # --- shared ---------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, extra_files: dict | None = None) -> None:
+        tensors = self.state_dict()
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        config = {"family": self.family, "model_class": type(self).__name__, "config": self.to_config()}
+        save_checkpoint(directory, config, tensors, extra_files)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "TrainableModel":
+        from trilemma.registry import model_class
+
+        config, tensors = load_checkpoint(directory)
+        klass = model_class(config["model_class"])
+        if cls is not TrainableModel and not issubclass(klass, cls):
+            raise CheckpointError(f"{directory} holds a {config['model_class']}, not a {cls.__name__}")
+        model = klass.from_config(config["config"])
+        try:
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+        except RuntimeError as e:
+            raise CheckpointError(f"{directory}: weights do not match the config ({str(e).splitlines()[0]})") from None
+        return model.eval()
+
+
+class TextToImageModel(TrainableModel):
+    resolution: int = 64
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seed: int = 0, **kwargs) -> list[Image.Image]:
+        """One PIL image per prompt; the same seed gives the same bytes."""
+        raise NotImplementedError
+
+    def preview(self, prompts: list[str], seed: int = 0) -> tuple[list[Image.Image], list[str]]:
+        return self.generate(prompts, seed=seed), list(prompts)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] to PIL images."""
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def check_prompts(prompts: list[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("no prompts given")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError("a prompt is empty; give some text, for example 'a red circle'")
+    return list(prompts)

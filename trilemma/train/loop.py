@@ -1,0 +1,300 @@
+"""One training loop for every family, built on accelerate.
+
+A model supplies `configure_optimizers` and `training_step` (see
+`trilemma.model`); the loop does the rest: learning-rate warm-up, gradient
+clipping, EMA weights, periodic atomic checkpoints with optimizer and RNG
+state, `resume`, a progress bar, a JSONL log, sample grids for fixed
+validation prompts, and a stop with a clear message when the loss diverges.
+
+Data order is a pure function of the step: process p of P takes samples
+[(step * P + p) * B, ... + B) of an endless indexed dataset, so a resumed run
+sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from trilemma.grid import image_grid
+from trilemma.registry import model_class
+from trilemma.train.ema import EMA
+
+DEFAULT_VALIDATION_PROMPTS = [
+    "a red circle",
+    "a large blue square",
+    "a green circle and a yellow triangle",
+    "three purple squares",
+    "a cyan triangle to the left of a red square",
+    "a yellow circle above a blue triangle",
+    "a green triangle",  # held out of train: compositional generalization
+    "two blue circles",  # held out too
+]
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    """A recipe: what `trilemma train CONFIG.json` takes."""
+
+    model_class: str
+    model: dict
+    output_dir: str = "runs/model"
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float | None = 0.999
+    seed: int = 0
+    data: dict = field(default_factory=dict)  # model-specific: split, resolution, latent cache size...
+    init: dict = field(default_factory=dict)  # model-specific: pretrained parts to start from
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    sample_every: int = 500
+    snapshot_every: int = 0  # > 0: also keep the EMA model every N steps (for time-to-quality curves)
+    validation_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_VALIDATION_PROMPTS))
+    mixed_precision: str = "no"
+    max_minutes: float | None = None  # stop (and save) after this much training time
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no training config at {path}") from None
+        raw.pop("_comment", None)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        config = cls(**raw)
+        if config.steps < 1:
+            raise ValueError("steps must be at least 1")
+        if config.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        return config
+
+
+def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """An optimizer's state as (tensors, JSON) so it saves without pickle."""
+    sd = optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, state in sd["state"].items():
+        meta["state"][str(pid)] = {}
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{name}/{pid}/{k}"] = v
+            else:
+                meta["state"][str(pid)][k] = v
+    return tensors, meta
+
+
+def _load_optimizer(name: str, optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state = {}
+    for pid, scalars in meta["state"].items():
+        state[int(pid)] = dict(scalars)
+    prefix = f"{name}/"
+    for key, v in tensors.items():
+        if key.startswith(prefix):
+            _, pid, k = key.split("/", 2)
+            state.setdefault(int(pid), {})[k] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted((output_dir / "checkpoints").glob("step-*[0-9]"))
+    return ckpts[-1] if ckpts else None
+
+
+def build_model(config: TrainConfig):
+    return model_class(config.model_class).from_config(config.model)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train per `config`; returns the folder of the final (EMA) model."""
+    out = Path(config.output_dir)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+    set_seed(config.seed)
+    model = build_model(config)
+    dataset = model.prepare_training(config, accelerator.device)
+    optimizers = model.configure_optimizers(config.learning_rate, config.weight_decay)
+    ema = EMA(model, config.ema_decay) if config.ema_decay else None
+    step, train_seconds = 0, 0.0
+
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            accelerator.print(f"no checkpoint under {out}/checkpoints; starting from scratch")
+        else:
+            step, train_seconds = _restore(ckpt, model, optimizers, ema)
+            accelerator.print(f"resumed from {ckpt} at step {step}")
+    if step >= config.steps:
+        accelerator.print(f"already trained to step {step} >= {config.steps}")
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "train_config.json", asdict(config))
+    model.to(accelerator.device)
+    prepared = accelerator.prepare(model, *optimizers.values())
+    ddp_model, opts = prepared[0], dict(zip(optimizers, prepared[1:]))
+    model = accelerator.unwrap_model(ddp_model)
+
+    world, rank, batch = accelerator.num_processes, accelerator.process_index, config.batch_size
+    log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and accelerator.is_main_process), desc="train")
+    last_good = None
+    try:
+        while step < config.steps:
+            if config.max_minutes is not None and train_seconds >= config.max_minutes * 60:
+                accelerator.print(f"stopping at step {step}: reached max_minutes={config.max_minutes}")
+                break
+            t0 = time.perf_counter()
+            start = (step * world + rank) * batch
+            samples = [dataset[i] for i in range(start, start + batch)]
+            data = _collate(samples, accelerator.device)
+            lr_scale = min(1.0, (step + 1) / max(1, config.warmup_steps))
+            losses = {}
+            ddp_model.train()
+            for name, opt in opts.items():
+                for group in opt.param_groups:
+                    group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_scale
+                opt.zero_grad(set_to_none=True)
+                out_losses = ddp_model(data, name)
+                loss = out_losses["loss"]
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss of '{name}' is {loss.item()} at step {step}; training diverged. "
+                        f"The last good checkpoint is {last_good or 'none'}: lower the learning rate and resume."
+                    )
+                accelerator.backward(loss)
+                if config.grad_clip:
+                    accelerator.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], config.grad_clip)
+                opt.step()
+                losses.update({(k if len(opts) == 1 else f"{name}/{k}"): v.item() for k, v in out_losses.items()})
+            step += 1
+            if ema is not None:
+                ema.update(model, step)
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            ips = batch * world / dt
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses.get('loss', next(iter(losses.values()))):.4f}", img_s=f"{ips:.0f}")
+            if log and (step % config.log_every == 0 or step == config.steps):
+                log.write(json.dumps({"step": step, "train_seconds": round(train_seconds, 2), "img_per_s": round(ips, 1),
+                                      "lr": config.learning_rate * lr_scale, **losses}) + "\n")
+                log.flush()
+            if accelerator.is_main_process:
+                if config.sample_every and step % config.sample_every == 0:
+                    _sample_grid(model, ema, config, out / "samples" / f"step-{step:06d}.png")
+                if config.snapshot_every and step % config.snapshot_every == 0:
+                    _save_final(model, ema, out / "snapshots" / f"step-{step:06d}", step, train_seconds)
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    last_good = _checkpoint(out, model, optimizers, ema, step, train_seconds, config.keep_checkpoints)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    accelerator.wait_for_everyone()
+    final = out / "final"
+    if accelerator.is_main_process:
+        _checkpoint(out, model, optimizers, ema, step, train_seconds, config.keep_checkpoints)
+        _save_final(model, ema, final, step, train_seconds)
+        if config.sample_every:
+            _sample_grid(model, ema, config, out / "samples" / "final.png")
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _collate(samples: list[dict], device) -> dict:
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        batch[key] = torch.stack(values).to(device) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+def _checkpoint(out: Path, model, optimizers, ema, step, train_seconds, keep) -> Path:
+    tensors, meta = {}, {}
+    for name, opt in optimizers.items():
+        t, m = _optimizer_tensors(name, opt)
+        tensors.update(t)
+        meta[name] = m
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    extra = {"optimizers.safetensors": tensors or {"_empty": torch.zeros(0)}, "optimizers.json": meta,
+             "rng.safetensors": rng, "trainer_state.json": {"step": step, "train_seconds": train_seconds}}
+    if ema is not None:
+        extra["ema.safetensors"] = ema.state_dict()
+    path = out / "checkpoints" / f"step-{step:06d}"
+    model.save_pretrained(path, extra_files=extra)
+    for old in sorted((out / "checkpoints").glob("step-*[0-9]"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _restore(ckpt: Path, model, optimizers, ema) -> tuple[int, float]:
+    from safetensors.torch import load_file
+
+    _, tensors = load_checkpoint(ckpt)
+    model.load_state_dict(tensors)
+    try:
+        opt_tensors = load_file(ckpt / "optimizers.safetensors")
+        meta = json.loads((ckpt / "optimizers.json").read_text())
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        rng = load_file(ckpt / "rng.safetensors")
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt} is not a complete training checkpoint ({e})") from None
+    for name, opt in optimizers.items():
+        _load_optimizer(name, opt, opt_tensors, meta[name])
+    if ema is not None:
+        ema.load_state_dict(load_file(ckpt / "ema.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state["step"], state["train_seconds"]
+
+
+def _save_final(model, ema, path: Path, step: int, train_seconds: float) -> None:
+    if ema is not None:
+        ema.swap(model)
+    try:
+        model.save_pretrained(path, extra_files={"training.json": {"step": step, "train_seconds": round(train_seconds, 1)}})
+    finally:
+        if ema is not None:
+            ema.swap(model)
+
+
+def _sample_grid(model, ema, config: TrainConfig, path: Path) -> None:
+    if ema is not None:
+        ema.swap(model)
+    rng_state = torch.get_rng_state()  # sampling must not shift the training's random stream
+    try:
+        model.eval()
+        images, captions = model.preview(config.validation_prompts, seed=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images, captions, cols=min(8, len(images))).save(path)
+    finally:
+        torch.set_rng_state(rng_state)
+        model.train()
+        if ema is not None:
+            ema.swap(model)
+
