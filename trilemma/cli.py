@@ -27,11 +27,17 @@ def _positive(kind):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trilemma", description="Text-to-image models, trained, run and compared side by side.")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, no usage block: the rule for every bad input (`--help` shows usage).
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
-    data = sub.add_parser("data", help="the Shapes data set").add_subparsers(dest="data_command", required=True)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="trilemma", description="Text-to-image models, trained, run and compared side by side.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = sub.add_parser("data", help="the Shapes data set").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     prev = data.add_parser("preview", help="write a captioned grid of Shapes scenes")
     prev.add_argument("--split", default="train")
     prev.add_argument("--n", type=_positive(int), default=24)

@@ -1,0 +1,64 @@
+"""Score a model on the Shapes benchmark: one sample per prompt, the scorer's pass rates.
+
+    python bench/score_model.py --model shapes-ldm --n 500 --out reports/shapes-ldm-scores.json
+
+Generates for the canonical prompts of the first N scenes of `test` and of
+`test-novel` (seed 0 + index), scores each image, and writes the summary per
+split, category, seen/held-out pairs, plus the generation time.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import trilemma
+from trilemma.data.export import test_prompts
+from trilemma.eval.scorer import score_image, summarize
+from trilemma.data.shapes import parse_prompt
+from trilemma.grid import image_grid
+
+
+def score_split(model, split: str, n: int, batch_size: int = 100, **options) -> tuple[dict, float, list]:
+    prompts = test_prompts(split, n)
+    t0 = time.perf_counter()
+    images = []
+    for start in range(0, n, batch_size):
+        images += model.generate(prompts[start:start + batch_size], seed=start, **options)
+    seconds = time.perf_counter() - t0
+    records = []
+    for prompt, image in zip(prompts, images):
+        parsed = parse_prompt(prompt)
+        records.append({"category": parsed.category, "novel": parsed.novel, "passed": score_image(image, parsed).passed})
+    return summarize(records), seconds, list(zip(prompts, images))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--grid", help="also write a grid of the first 32 test samples here")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--guidance-scale", type=float)
+    ap.add_argument("--sampler")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    model = trilemma.load(args.model)
+    options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler}.items() if v is not None}
+    report = {"model": args.model, "n": args.n, "options": options, "parameters": model.num_parameters(), "splits": {}}
+    for split in ("test", "test-novel"):
+        summary, seconds, pairs = score_split(model, split, args.n, **options)
+        report["splits"][split] = {"summary": summary, "generate_seconds": round(seconds, 1),
+                                   "images_per_second": round(args.n / seconds, 2)}
+        print(split, json.dumps({k: v["pass_rate"] for k, v in summary.items()}), f"{seconds:.0f}s", flush=True)
+        if args.grid and split == "test":
+            image_grid([im for _, im in pairs[:32]], [p for p, _ in pairs[:32]], cols=8).save(args.grid)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

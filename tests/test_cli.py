@@ -1,0 +1,101 @@
+"""The `trilemma` command: outputs, determinism, and one clear line for bad input."""
+
+import json
+import os
+
+import pytest
+
+from conftest import run_cli
+
+
+def _assert_clean_error(rc, out, err, *words):
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+
+
+def test_generate_writes_pngs_grid_and_metadata_and_is_deterministic(tiny_ldm_dir, tmp_path):
+    rc, out, err = run_cli("generate", "two red circles above a blue square", "-n", "3", "--seed", "0",
+                           "--model", tiny_ldm_dir, "--out", tmp_path / "a", "--steps", "2")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in rows] == ["000000.png", "000001.png", "000002.png"]
+    assert all(r["text"] == "two red circles above a blue square" for r in rows)
+    assert (tmp_path / "a" / "grid.png").is_file()
+    rc, _, err = run_cli("generate", "two red circles above a blue square", "-n", "3", "--seed", "0",
+                         "--model", tiny_ldm_dir, "--out", tmp_path / "b", "--steps", "2", "--batch-size", "2")
+    assert rc == 0, err
+    for r in rows:
+        assert (tmp_path / "a" / r["file_name"]).read_bytes() == (tmp_path / "b" / r["file_name"]).read_bytes()
+
+
+def test_generate_from_a_prompts_file_into_an_image_folder_that_scores(tiny_ldm_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    rc, _, err = run_cli("data", "prompts", "--split", "test", "--n", "5", "--out", prompts)
+    assert rc == 0, err
+    assert len(prompts.read_text().splitlines()) == 5
+    rc, _, err = run_cli("generate", "--prompts", prompts, "--model", tiny_ldm_dir, "--out", tmp_path / "gen", "--steps", "1")
+    assert rc == 0, err
+    rc, out, err = run_cli("score", tmp_path / "gen", "--json")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert set(summary) == {"single", "pair", "count", "position", "seen", "novel", "overall"}
+    assert summary["overall"]["n"] == 5
+    assert (tmp_path / "gen" / "scores.json").is_file()
+
+
+def test_export_and_score_ground_truth(tmp_path):
+    rc, _, err = run_cli("data", "export", "--split", "test-novel", "--n", "40", "--out", tmp_path / "gt")
+    assert rc == 0, err
+    first = json.loads((tmp_path / "gt" / "metadata.jsonl").read_text().splitlines()[0])
+    assert {"file_name", "text"} <= set(first) and (tmp_path / "gt" / first["file_name"]).is_file()
+    rc, out, err = run_cli("score", tmp_path / "gt", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["overall"]["pass_rate"] == 1.0
+    rc, out, err = run_cli("data", "preview", "--n", "6", "--out", tmp_path / "p.png")
+    assert rc == 0 and (tmp_path / "p.png").is_file(), err
+
+
+def test_models_lists_the_shipped_default():
+    rc, out, err = run_cli("models", "--default")
+    assert rc == 0 and out.strip() == "shapes-ldm", err
+    rc, out, err = run_cli("models")
+    assert rc == 0 and "shapes-ldm (default)" in out and "MB" in out, (out, err)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["generate", "a red circle", "--model", "no-such-model"], ["unknown model"]),
+    (["generate", "   "], ["empty"]),
+    (["generate"], ["no prompt"]),
+    (["generate", "a red circle", "-n", "0"], ["at least 1"]),
+    (["generate", "a red circle", "--steps", "0"], ["at least 1"]),
+    (["score", "/nonexistent-folder"], ["metadata.jsonl"]),
+    (["train", "/nonexistent.json"], ["no training config"]),
+])
+def test_bad_input_gets_one_clear_line(args, words):
+    _assert_clean_error(*run_cli(*args), *words)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path, tiny_ldm_dir):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    _assert_clean_error(*run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--out", locked / "x"), "cannot write")
+
+
+def test_unwritable_output_path_is_reported(tmp_path, tiny_ldm_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _assert_clean_error(*run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--out", blocker / "x"), "cannot write")
+
+
+def test_missing_or_corrupted_checkpoint(tiny_ldm_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_ldm_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    _assert_clean_error(*run_cli("generate", "a red circle", "--model", broken), "corrupted")
+    (broken / "model.safetensors").unlink()
+    _assert_clean_error(*run_cli("generate", "a red circle", "--model", broken), "no model.safetensors")

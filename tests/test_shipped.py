@@ -1,0 +1,46 @@
+"""The shipped default model loads offline and draws 64 px images; the recipes parse."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import trilemma
+from trilemma.registry import DEFAULT_MODEL, model_info, shipped_models
+from trilemma.train.loop import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_model_is_shipped_with_card_and_scores():
+    models = shipped_models()
+    assert DEFAULT_MODEL in models
+    folder = models[DEFAULT_MODEL]
+    assert (folder / "README.md").is_file()
+    info = model_info(folder)
+    assert info["size_mb"] < 20
+    scores = info["scores"]
+    assert 0.0 <= scores["test"] <= 1.0 and 0.0 <= scores["test-novel"] <= 1.0
+
+
+def test_default_model_generates_64px_images_deterministically():
+    model = trilemma.load()
+    a = model.generate(["a red circle", "three blue squares"], seed=0, steps=5)
+    b = model.generate(["a red circle"], seed=0, steps=5)
+    assert a[0].size == (64, 64)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.json")))
+def test_recipes_parse(recipe):
+    config = TrainConfig.from_file(ROOT / "configs" / recipe)
+    assert config.steps >= 1 and config.model_class
+
+
+def test_recipe_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"model_class": "LatentDiffusion", "model": {}, "stepz": 3}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainConfig.from_file(path)
