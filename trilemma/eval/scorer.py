@@ -57,21 +57,30 @@ def _to_array(image: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def classify_shape(mask: np.ndarray) -> tuple[str, float]:
-    """Circle, square or triangle from how much of its box a component fills.
+    """Circle, square or triangle from how the component fills its bounding box.
 
-    A disc fills pi/4 ~ 0.79 of its box, a square 1.0, the triangle 0.5 with
-    three quarters of its mass in the lower half of the box.
+    Returns the shape and the fill (share of the box covered: about 0.79 for a
+    disc, 1.0 for a square, 0.5 for a triangle). The decision reads the box's
+    corners, which is what tells the shapes apart: a square covers all four,
+    a disc none, the triangle (apex up) only the bottom two, with three
+    quarters of its mass in the lower half. Fill alone confuses a square with
+    slightly rounded corners (as a decoder draws it) with a pixelated small
+    disc, which reaches 0.90 at R = 64. Measured on 4,500 rendered objects at
+    R = 64: corner cover >= 0.81 for squares, <= 0.375 for discs; triangles'
+    top corners are empty and their bottom ones >= 0.75 covered.
     """
     ys, xs = np.nonzero(mask)
-    h = ys.max() - ys.min() + 1
-    w = xs.max() - xs.min() + 1
-    fill = len(ys) / float(h * w)
-    lower = np.mean(ys - ys.min() >= h / 2.0)
-    # Thresholds measured on 6,000 rendered objects at R = 64, where pixelation
-    # matters most: squares fill >= 0.967, discs 0.667..0.901, triangles <= 0.644.
-    if fill < 0.75 and lower > 0.62:
+    y0, x0 = ys.min(), xs.min()
+    box = mask[y0:ys.max() + 1, x0:xs.max() + 1]
+    h, w = box.shape
+    fill = float(box.mean())
+    k = max(1, int(round(0.2 * min(h, w))))  # corner patch: a fifth of the side
+    top = (box[:k, :k].mean() + box[:k, -k:].mean()) / 2
+    bottom = (box[-k:, :k].mean() + box[-k:, -k:].mean()) / 2
+    lower = np.mean(ys - y0 >= h / 2.0)
+    if bottom - top > 0.4 and lower > 0.6:
         return "triangle", fill
-    if fill > 0.935:
+    if (top + bottom) / 2 >= 0.6:
         return "square", fill
     return "circle", fill
 

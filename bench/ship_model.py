@@ -1,0 +1,51 @@
+"""Package a trained model for shipping: fp16 safetensors + config, and its measured scores.
+
+    python bench/ship_model.py runs/shapes-ldm/final shapes-ldm --scores reports/shapes-ldm-scores.json \
+        --curve reports/shapes-ldm-curve.png --grid reports/shapes-ldm-samples.png
+
+Writes trilemma/weights/NAME/{config.json, model.safetensors, scores.json, training.json,
+training_curve.png, samples.png}. The model card (README.md) beside them is written by hand
+from these figures.
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from trilemma.model import TrainableModel
+from trilemma.registry import WEIGHTS_DIR
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("source")
+    ap.add_argument("name")
+    ap.add_argument("--scores", required=True, help="a report from bench/score_model.py")
+    ap.add_argument("--curve")
+    ap.add_argument("--grid")
+    args = ap.parse_args()
+    model = TrainableModel.from_pretrained(args.source)
+    dest = WEIGHTS_DIR / args.name
+    report = json.loads(Path(args.scores).read_text())
+    training = json.loads((Path(args.source) / "training.json").read_text())
+    scores = {"parameters": model.num_parameters(),
+              "test": report["splits"]["test"]["summary"]["overall"]["pass_rate"],
+              "test-novel": report["splits"]["test-novel"]["summary"]["overall"]["pass_rate"],
+              "n_per_split": report["n"], "training_minutes": round(training["train_seconds"] / 60, 1),
+              "per_category": {s: {k: v["pass_rate"] for k, v in r["summary"].items()} for s, r in report["splits"].items()}}
+    card = dest / "README.md"
+    kept_card = card.read_text() if card.is_file() else None
+    model.save_pretrained(dest, dtype=torch.float16, extra_files={"scores.json": scores, "training.json": training})
+    if kept_card:
+        card.write_text(kept_card)
+    for src, name in ((args.curve, "training_curve.png"), (args.grid, "samples.png")):
+        if src:
+            shutil.copy(src, dest / name)
+    print(dest, json.dumps(scores))
+
+
+if __name__ == "__main__":
+    main()
