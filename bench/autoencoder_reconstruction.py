@@ -47,7 +47,7 @@ def main():
     torch.set_num_threads(2)
     reports = [reconstruction_report(f, args.n, args.split) for f in args.autoencoder]
     for r in reports:
-        rates = {k: v["pass_rate"] for k, v in r["summary"].items()}
+        rates = {k: v["pass_rate"] for k, v in r["summary"].items() if k != "by_pairs"}
         print(f"{r['autoencoder']}: latent {r['latent_shape']}, reconstruction pass rate {json.dumps(rates)}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ def main():
         summary, seconds, pairs = score_split(model, split, args.n, **options)
         report["splits"][split] = {"summary": summary, "generate_seconds": round(seconds, 1),
                                    "images_per_second": round(args.n / seconds, 2)}
-        print(split, json.dumps({k: v["pass_rate"] for k, v in summary.items()}), f"{seconds:.0f}s", flush=True)
+        print(split, json.dumps({k: v["pass_rate"] for k, v in summary.items() if k != "by_pairs"}), f"{seconds:.0f}s", flush=True)
         if args.grid and split == "test":
             image_grid([im for _, im in pairs[:32]], [p for p, _ in pairs[:32]], cols=8).save(args.grid)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def main():
               "test": report["splits"]["test"]["summary"]["overall"]["pass_rate"],
               "test-novel": report["splits"]["test-novel"]["summary"]["overall"]["pass_rate"],
               "n_per_split": report["n"], "training_minutes": round(training["train_seconds"] / 60, 1),
-              "per_category": {s: {k: v["pass_rate"] for k, v in r["summary"].items()} for s, r in report["splits"].items()}}
+              "per_category": {s: {k: v["pass_rate"] for k, v in r["summary"].items() if k != "by_pairs"} for s, r in report["splits"].items()}}
     card = dest / "README.md"
     kept_card = card.read_text() if card.is_file() else None
     model.save_pretrained(dest, dtype=torch.float16, extra_files={"scores.json": scores, "training.json": training})

@@ -42,7 +42,7 @@ def main():
         model = TrainableModel.from_pretrained(snap)
         summary, _, _ = score_split(model, "test", args.n)
         points.append({"step": info["step"], "minutes": round(info["train_seconds"] / 60, 2),
-                       **{k: v["pass_rate"] for k, v in summary.items()}})
+                       **{k: v["pass_rate"] for k, v in summary.items() if k != "by_pairs"}})
         print(points[-1], flush=True)
     seen = {}
     for p in points:  # `final` may repeat the last snapshot's step

@@ -40,7 +40,7 @@ def test_generate_from_a_prompts_file_into_an_image_folder_that_scores(tiny_ldm_
     rc, out, err = run_cli("score", tmp_path / "gen", "--json")
     assert rc == 0, err
     summary = json.loads(out)
-    assert set(summary) == {"single", "pair", "count", "position", "seen", "novel", "overall"}
+    assert {"single", "pair", "count", "position", "seen", "novel", "overall"} <= set(summary)
     assert summary["overall"]["n"] == 5
     assert (tmp_path / "gen" / "scores.json").is_file()
 
@@ -99,3 +99,25 @@ def test_missing_or_corrupted_checkpoint(tiny_ldm_dir, tmp_path):
     _assert_clean_error(*run_cli("generate", "a red circle", "--model", broken), "corrupted")
     (broken / "model.safetensors").unlink()
     _assert_clean_error(*run_cli("generate", "a red circle", "--model", broken), "no model.safetensors")
+
+
+def test_score_reports_an_unreadable_image(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "x.png", "text": "a red circle"}\n')
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    _assert_clean_error(*run_cli("score", tmp_path), "not a readable image")
+
+
+def test_generate_refuses_a_model_that_draws_no_images(tiny_autoencoder_dir, tmp_path):
+    _assert_clean_error(*run_cli("generate", "a red circle", "--model", tiny_autoencoder_dir, "--out", tmp_path), "does not draw")
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"model": {}}', "missing keys"),
+    ('[1, 2]', "JSON object"),
+    ('{"model_class": "LatentDiffusion", "model": {}, "steps": 0}', "at least 1"),
+    ('{not json', "not valid JSON"),
+])
+def test_train_rejects_bad_recipes(tmp_path, content, words):
+    path = tmp_path / "recipe.json"
+    path.write_text(content)
+    _assert_clean_error(*run_cli("train", path), words)

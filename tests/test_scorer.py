@@ -87,9 +87,28 @@ def test_wrong_size_fails():
 
 
 def test_small_images_are_upscaled_before_scoring():
-    scene = sample_scene("test", 3)
-    assert score_image(render(scene, 32).resize((64, 64), Image.NEAREST), scene.prompt).passed == \
-        score_image(render(scene, 32), scene.prompt).passed
+    # A 32 px render can be scored; most pass (SHAPES.md: small triangles are a few pixels there).
+    passed = [score_image(render(s, 32), s.prompt).passed for s in (sample_scene("test", i) for i in range(60))]
+    assert sum(passed) >= 0.7 * len(passed)
+    with pytest.raises(ValueError, match="square"):
+        score_image(np.zeros((64, 48, 3), dtype=np.uint8), "a red circle")
+    with pytest.raises(ValueError, match="8-bit"):
+        score_image(np.zeros((64, 64, 3), dtype=np.float32), "a red circle")
+
+
+def test_position_prompts_check_sizes_too():
+    scene = [obj("red", "circle", "small", x=0.1, y=0.4), obj("blue", "square", "large", x=0.55, y=0.35)]
+    assert verdict(scene, "a small red circle to the left of a large blue square").passed
+    v = verdict(scene, "a large red circle to the left of a blue square")
+    assert not v.passed and "size" in v.reason
+
+
+def test_prompts_naming_one_object_twice_are_rejected():
+    from trilemma.data.shapes import PromptError
+
+    for prompt in ["a red circle and a red circle", "a red circle left of a red circle"]:
+        with pytest.raises(PromptError, match="same object twice"):
+            score_image(Image.new("RGB", (64, 64), BACKGROUND), prompt)
 
 
 def test_detects_colors_and_shapes():
@@ -104,3 +123,4 @@ def test_summary_per_category_seen_and_novel():
     assert s["seen"]["pass_rate"] == 1.0 and s["novel"]["pass_rate"] == 0.0
     assert s["overall"] == {"pass_rate": 0.5, "n": 2}
     assert s["pair"]["pass_rate"] is None
+    assert s["by_pairs"]["seen"]["single"]["pass_rate"] == 1.0 and s["by_pairs"]["novel"]["count"]["n"] == 1

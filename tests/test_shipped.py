@@ -21,7 +21,9 @@ def test_default_model_is_shipped_with_card_and_scores():
     info = model_info(folder)
     assert info["size_mb"] < 20
     scores = info["scores"]
-    assert 0.0 <= scores["test"] <= 1.0 and 0.0 <= scores["test-novel"] <= 1.0
+    # The bar for the default model, measured on 500 `test` prompts by bench/score_model.py.
+    assert scores["test"] >= 0.6 and scores["n_per_split"] >= 500
+    assert 0.0 <= scores["test-novel"] <= 1.0
 
 
 def test_default_model_generates_64px_images_deterministically():

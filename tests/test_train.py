@@ -67,14 +67,37 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
 
 
-def test_accelerate_launch_trains_with_two_processes(tmp_path, tiny_autoencoder_dir):
-    cfg = tiny_train_config(tmp_path, tiny_autoencoder_dir, steps=2, checkpoint_every=2)
+def _launch(tmp_path, ae_dir, *flags):
+    cfg = tiny_train_config(tmp_path, ae_dir, steps=2, checkpoint_every=2)
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trilemma", "train", str(cfg)],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors").is_file()
-    assert (tmp_path / "run" / "final" / "config.json").is_file()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000002"
+    assert (ckpt / "model.safetensors").is_file() and (tmp_path / "run" / "final" / "config.json").is_file()
+    return ckpt
+
+
+def test_accelerate_launch_cpu_trains_and_writes_a_checkpoint(tmp_path, tiny_autoencoder_dir):
+    # The command. accelerate's --cpu launcher starts one process (several need mpirun).
+    ckpt = _launch(tmp_path, tiny_autoencoder_dir, "--cpu")
+    assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 1
+
+
+def test_two_processes_train_as_one_group_on_the_cpu(tmp_path, tiny_autoencoder_dir):
+    # Through torchrun, the loop's Accelerator(cpu=True) forms a 2-process gloo group.
+    ckpt = _launch(tmp_path, tiny_autoencoder_dir, "--multi_gpu")
+    assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
+    rng = load_file(ckpt / "rng.safetensors")["torch"]
+    assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])  # each process keeps its own random stream
+
+
+def test_resume_uses_the_recipes_learning_rate(tmp_path, tiny_autoencoder_dir):
+    cfg = tiny_train_config(tmp_path, tiny_autoencoder_dir, steps=4, warmup_steps=1)
+    train(TrainConfig.from_file(cfg, steps=2), progress=False)
+    train(TrainConfig.from_file(cfg, learning_rate=1e-5), resume=True, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == [1e-3, 1e-3, 1e-5, 1e-5]

@@ -60,7 +60,13 @@ def atomic_folder(final: Path, fill) -> None:
     """Write a folder atomically: `fill(tmp_dir)` writes the files, then swap in."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(final.name + ".old")
+    if old.exists() and not final.exists():  # an earlier crash fell between the renames: put it back first
+        os.replace(old, final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
         fill(tmp)
         for f in tmp.iterdir():
@@ -68,7 +74,6 @@ def atomic_folder(final: Path, fill) -> None:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        old = final.with_name(final.name + ".old")
         if old.exists():
             shutil.rmtree(old)
         if final.exists():
@@ -99,7 +104,8 @@ def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torc
                 save_file({k: v.detach().contiguous().cpu() for k, v in content.items()}, tmp / name)
             else:
                 write_json(tmp / name, content)
-        full = dict(config, format_version=FORMAT_VERSION, weights_sha256=_sha256(tmp / WEIGHTS_NAME))
+        files = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.name != WEIGHTS_NAME}
+        full = dict(config, format_version=FORMAT_VERSION, weights_sha256=_sha256(tmp / WEIGHTS_NAME), files_sha256=files)
         write_json(tmp / CONFIG_NAME, full)
 
     atomic_folder(Path(directory), fill)
@@ -139,6 +145,13 @@ def load_checkpoint(directory: str | Path, verify: bool = True) -> tuple[dict, d
         raise CheckpointError(f"checkpoint folder {directory} has no {WEIGHTS_NAME}; it is incomplete")
     if verify and config.get("weights_sha256") and _sha256(weights) != config["weights_sha256"]:
         raise CheckpointError(f"{weights} is corrupted: its sha256 does not match the one in {CONFIG_NAME}")
+    if verify:
+        for name, digest in config.get("files_sha256", {}).items():
+            path = directory / name
+            if not path.is_file():
+                raise CheckpointError(f"checkpoint folder {directory} has no {name}; it is incomplete")
+            if _sha256(path) != digest:
+                raise CheckpointError(f"{path} is corrupted: its sha256 does not match the one in {CONFIG_NAME}")
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:

@@ -137,9 +137,13 @@ def cmd_generate(args) -> None:
     from trilemma.data.export import ensure_writable
     from trilemma.grid import image_grid
 
+    from trilemma.model import TextToImageModel
+
     prompts = read_prompts(args)
     out = ensure_writable(args.out)
     model = trilemma.load(args.model)
+    if not isinstance(model, TextToImageModel):
+        raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not draw images from text")
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler}.items() if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models}
     try:
         handlers[args.command](args)
-    except (CheckpointError, PromptError, TrainingDiverged, ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+    except (CheckpointError, PromptError, TrainingDiverged, ValueError, OSError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"trilemma {args.command}: error: {message}", file=sys.stderr)
         return 2

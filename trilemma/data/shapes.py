@@ -231,7 +231,12 @@ def sample_scene(split: str, index: int, seed: int = 0, category: str | None = N
             relation = RELATIONS[rng.integers(4)]
         else:
             raise ValueError(f"unknown category {category!r}; choose one of single, pair, count, position")
-        objects = _place(rng, specs, relation)
+        # Retry positions with the same objects before drawing new ones: redrawing at
+        # once would under-represent scenes that rarely fit (four large objects).
+        for _ in range(50):
+            objects = _place(rng, specs, relation)
+            if objects is not None:
+                break
         if objects is not None:
             for o, flag in zip(objects, say):
                 o.say_size = bool(flag)
@@ -308,12 +313,21 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
         g = m.groups()
         if category == "single":
             return ParsedPrompt("single", (ObjectSpec(g[1], g[2], g[0]),))
-        if category == "pair":
-            return ParsedPrompt("pair", (ObjectSpec(g[1], g[2], g[0]), ObjectSpec(g[4], g[5], g[3])))
         if category == "count":
             return ParsedPrompt("count", (ObjectSpec(g[1], g[2]),) * _NUM[g[0]])
-        return ParsedPrompt("position", (ObjectSpec(g[1], g[2], g[0]), ObjectSpec(g[5], g[6], g[4])), _REL[g[3]])
-    raise PromptError(
+        if category == "pair":
+            a, b, relation = ObjectSpec(g[1], g[2], g[0]), ObjectSpec(g[4], g[5], g[3]), None
+        else:
+            a, b, relation = ObjectSpec(g[1], g[2], g[0]), ObjectSpec(g[5], g[6], g[4]), _REL[g[3]]
+        if (a.color, a.shape) == (b.color, b.shape):
+            raise PromptError(f"prompt {prompt!r} names the same object twice; the two objects of a "
+                              f"{category} prompt differ in color or shape (for two alike, say 'two {a.color} {a.shape}s')")
+        return ParsedPrompt(category, (a, b), relation)
+    raise _outside(prompt)
+
+
+def _outside(prompt: str) -> PromptError:
+    return PromptError(
         f"prompt {prompt!r} is outside the Shapes grammar; examples: 'a red circle', "
         "'a small blue square and a large green circle', 'three yellow triangles', "
         "'a red circle to the left of a blue square' "

@@ -106,7 +106,10 @@ class LatentDiffusion(TextToImageModel):
             self._set_autoencoder(autoencoder)
         self.autoencoder.to(device).eval()
         n = int(config.data.get("cache_latents", 20000))
-        data = ShapesDataset("train", self.resolution, config.seed, paraphrase=False)
+        split = config.data.get("split", "train")
+        if config.data.get("resolution", self.resolution) != self.resolution:
+            raise ValueError(f"data resolution {config.data['resolution']} differs from the model's {self.resolution}")
+        data = ShapesDataset(split, self.resolution, config.seed, paraphrase=False)
         latents = []
         with torch.no_grad():
             for start in tqdm(range(0, n, 256), desc="encoding latents", leave=False):
@@ -171,7 +174,7 @@ class LatentDiffusion(TextToImageModel):
     def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False):
         prompts = check_prompts(prompts)
-        steps = steps or self.config.sampling_steps
+        steps = self.config.sampling_steps if steps is None else steps
         if steps < 1:
             raise ValueError("steps must be at least 1")
         images = []
@@ -197,7 +200,8 @@ class LatentDiffusion(TextToImageModel):
             states, mask = torch.cat([uncond, cond]), torch.cat([uncond_mask, cond_mask])
         else:
             states, mask = cond, cond_mask
-        step_generator = torch.Generator().manual_seed(seeds[0])
+        # Ancestral (DDPM) steps draw noise too: one generator per image keeps it batch-independent.
+        step_generators = [torch.Generator(device).manual_seed(s + 1_000_003) for s in seeds]
         for t in tqdm(scheduler.timesteps, disable=not progress, leave=False, desc="denoising"):
             x = torch.cat([latents, latents]) if use_cfg else latents
             x = scheduler.scale_model_input(x, t)
@@ -205,6 +209,6 @@ class LatentDiffusion(TextToImageModel):
             if use_cfg:  # classifier-free guidance (Ho & Salimans, 2022)
                 out_uncond, out_cond = out.chunk(2)
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)
-            latents = scheduler.step(out, t, latents, generator=step_generator).prev_sample
+            latents = scheduler.step(out, t, latents, generator=step_generators).prev_sample
         images = self.autoencoder.decode(latents / self.config.latent_scale)
         return to_pil(images)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from trilemma.data.shapes import parse_prompt
@@ -41,15 +41,26 @@ def score_folder(folder: str | Path, progress: bool = True) -> tuple[dict, list[
         path = folder / row["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"metadata.jsonl lists {row['file_name']}, which is not in {folder}")
-        verdict = score_image(Image.open(path), parsed)
+        try:
+            image = Image.open(path)
+            image.load()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{path} is not a readable image ({e})") from None
+        if image.size[0] != image.size[1]:
+            raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}; the scorer takes square images")
+        verdict = score_image(image, parsed)
         records.append({"file_name": row["file_name"], "text": row["text"], "category": parsed.category,
                         "novel": parsed.novel, "passed": verdict.passed, "reason": verdict.reason})
     return summarize(records), records
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'':10s} {'pass rate':>9s} {'n':>6s}"]
-    for key, v in summary.items():
+    lines = [f"{'':20s} {'pass rate':>9s} {'n':>6s}"]
+    def line(key, v):
         rate = "-" if v["pass_rate"] is None else f"{v['pass_rate']:.3f}"
-        lines.append(f"{key:10s} {rate:>9s} {v['n']:>6d}")
+        return f"{key:20s} {rate:>9s} {v['n']:>6d}"
+
+    lines += [line(k, v) for k, v in summary.items() if k != "by_pairs"]
+    for group, cats in summary.get("by_pairs", {}).items():
+        lines += [line(f"  {c} ({group})", v) for c, v in cats.items() if v["n"]]
     return "\n".join(lines)

@@ -47,8 +47,10 @@ def _to_array(image: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"expected a square RGB image of shape (R, R, 3), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected 8-bit pixels (uint8, 0..255), got {image.dtype}")
     side = image.shape[0]
     if side < MIN_RESOLUTION:  # SHAPES.md: upscale small images (nearest) to >= 64 first
         factor = math.ceil(MIN_RESOLUTION / side)
@@ -142,36 +144,30 @@ def check(parsed: ParsedPrompt, objects: list[DetectedObject]) -> tuple[bool, st
         return True, "ok"
     if got != want:
         return False, f"wanted {' + '.join(f'{c} {s}' for c, s in sorted(want.elements()))}, found: {_describe(objects)}"
-    # Match each asked-for object to a detection (the two differ, or both orders are tried).
-    matches = _assignments(parsed, objects)
-    if parsed.category in ("single", "pair"):
-        for match in matches:
-            if all(_size_ok(spec.size, det.side) for spec, det in zip(parsed.objects, match)):
-                sizes = [(spec.size, det.side) for spec, det in zip(parsed.objects, match) if spec.size]
-                small = [s for w, s in sizes if w == "small"]
-                large = [s for w, s in sizes if w == "large"]
-                if small and large and not min(large) >= LARGE_OVER_SMALL * max(small):
-                    continue
-                return True, "ok"
+    # Match each asked-for object to its detection (the parser guarantees the two differ).
+    match = _assign(parsed, objects)
+    if not _sizes_ok(parsed, match):
         return False, "wrong size: " + ", ".join(f"{o.color} {o.shape} side {o.side:.2f}" for o in objects)
-    for a, b in matches:
-        if relation_holds((a.cx, a.cy), (b.cx, b.cy), parsed.relation):
-            return True, "ok"
-    return False, f"relation '{parsed.relation}' does not hold between the two objects"
+    if parsed.category == "position":
+        a, b = match
+        if not relation_holds((a.cx, a.cy), (b.cx, b.cy), parsed.relation):
+            return False, f"relation '{parsed.relation}' does not hold between the two objects"
+    return True, "ok"
 
 
-def _assignments(parsed: ParsedPrompt, objects: list[DetectedObject]) -> list[tuple[DetectedObject, ...]]:
-    specs = parsed.objects
-    out = []
-    if len(specs) == 1:
-        return [(o,) for o in objects if (o.color, o.shape) == (specs[0].color, specs[0].shape)]
-    for a in objects:
-        for b in objects:
-            if a is b:
-                continue
-            if (a.color, a.shape) == (specs[0].color, specs[0].shape) and (b.color, b.shape) == (specs[1].color, specs[1].shape):
-                out.append((a, b))
-    return out
+def _sizes_ok(parsed: ParsedPrompt, match: tuple[DetectedObject, ...]) -> bool:
+    """Size words: each in its class's range (within 0.04), a large box >= 1.3x a small one."""
+    sized = [(spec.size, det.side) for spec, det in zip(parsed.objects, match) if spec.size]
+    if not all(_size_ok(word, side) for word, side in sized):
+        return False
+    small = [side for word, side in sized if word == "small"]
+    large = [side for word, side in sized if word == "large"]
+    return not (small and large and min(large) < LARGE_OVER_SMALL * max(small))
+
+
+def _assign(parsed: ParsedPrompt, objects: list[DetectedObject]) -> tuple[DetectedObject, ...]:
+    """The detection for each asked-for object, once the multisets are known to match."""
+    return tuple(next(o for o in objects if (o.color, o.shape) == (spec.color, spec.shape)) for spec in parsed.objects)
 
 
 def score_image(image: Image.Image | np.ndarray, prompt: str | ParsedPrompt) -> Verdict:
@@ -196,4 +192,9 @@ def summarize(records: list[dict]) -> dict:
     out["seen"] = rate([r for r in records if not r["novel"]])
     out["novel"] = rate([r for r in records if r["novel"]])
     out["overall"] = rate(records)
+    out["by_pairs"] = {  # each category split by seen and held-out pairs
+        group: {c: rate([r for r in records if r["category"] == c and r["novel"] == (group == "novel")])
+                for c in ("single", "pair", "count", "position")}
+        for group in ("seen", "novel")
+    }
     return out

@@ -77,16 +77,24 @@ class TrainConfig:
             raw = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"no training config at {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a JSON object")
         raw.pop("_comment", None)
         raw.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        missing = {"model_class", "model"} - set(raw)
+        if missing:
+            raise ValueError(f"{path}: missing keys {sorted(missing)}")
         config = cls(**raw)
-        if config.steps < 1:
-            raise ValueError("steps must be at least 1")
-        if config.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        for key in ("steps", "batch_size", "keep_checkpoints"):
+            if not isinstance(getattr(config, key), int) or getattr(config, key) < 1:
+                raise ValueError(f"{path}: {key} must be an integer of at least 1")
+        if not isinstance(config.model, dict):
+            raise ValueError(f"{path}: 'model' must be an object of hyperparameters")
         return config
 
 
@@ -129,20 +137,25 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     """Train per `config`; returns the folder of the final (EMA) model."""
     out = Path(config.output_dir)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
-    set_seed(config.seed)
+    # cpu=True without a GPU: under torchrun (`accelerate launch --multi_gpu --num_processes N`)
+    # accelerate then forms a gloo process group on the CPU (its MULTI_CPU mode).
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
+    # Each process draws its own noise, timesteps and dropout; DDP gives all of them rank 0's initial weights.
+    set_seed(config.seed, device_specific=True)
     model = build_model(config)
     dataset = model.prepare_training(config, accelerator.device)
+    model.to(accelerator.device)
     optimizers = model.configure_optimizers(config.learning_rate, config.weight_decay)
-    ema = EMA(model, config.ema_decay) if config.ema_decay else None
-    step, train_seconds = 0, 0.0
+    # The recipe's learning rates, which a resumed run keeps even if the checkpoint had others.
+    base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
+    step, train_seconds, ckpt = 0, 0.0, None
 
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             accelerator.print(f"no checkpoint under {out}/checkpoints; starting from scratch")
         else:
-            step, train_seconds = _restore(ckpt, model, optimizers, ema)
+            step, train_seconds = _restore(ckpt, model, optimizers, accelerator)
             accelerator.print(f"resumed from {ckpt} at step {step}")
     if step >= config.steps:
         accelerator.print(f"already trained to step {step} >= {config.steps}")
@@ -150,10 +163,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", asdict(config))
-    model.to(accelerator.device)
     prepared = accelerator.prepare(model, *optimizers.values())
     ddp_model, opts = prepared[0], dict(zip(optimizers, prepared[1:]))
     model = accelerator.unwrap_model(ddp_model)
+    ema = EMA(model, config.ema_decay) if config.ema_decay else None  # after DDP synced the weights
+    if ema is not None and ckpt is not None:
+        ema.load_state_dict(_load_tensors(ckpt / "ema.safetensors"))
 
     world, rank, batch = accelerator.num_processes, accelerator.process_index, config.batch_size
     log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
@@ -161,7 +176,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     last_good = None
     try:
         while step < config.steps:
-            if config.max_minutes is not None and train_seconds >= config.max_minutes * 60:
+            if config.max_minutes is not None and _any_process(accelerator, train_seconds >= config.max_minutes * 60):
                 accelerator.print(f"stopping at step {step}: reached max_minutes={config.max_minutes}")
                 break
             t0 = time.perf_counter()
@@ -172,14 +187,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             losses = {}
             ddp_model.train()
             for name, opt in opts.items():
-                for group in opt.param_groups:
-                    group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_scale
+                for group, base in zip(opt.param_groups, base_lrs[name]):
+                    group["lr"] = base * lr_scale
                 opt.zero_grad(set_to_none=True)
                 out_losses = ddp_model(data, name)
                 loss = out_losses["loss"]
-                if not torch.isfinite(loss):
+                # Every process must agree to stop, or the others wait in the next all-reduce forever.
+                if _any_process(accelerator, not torch.isfinite(loss).item()):
                     raise TrainingDiverged(
-                        f"loss of '{name}' is {loss.item()} at step {step}; training diverged. "
+                        f"loss of '{name}' is not finite at step {step}; training diverged. "
                         f"The last good checkpoint is {last_good or 'none'}: lower the learning rate and resume."
                     )
                 accelerator.backward(loss)
@@ -197,7 +213,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             bar.set_postfix(loss=f"{losses.get('loss', next(iter(losses.values()))):.4f}", img_s=f"{ips:.0f}")
             if log and (step % config.log_every == 0 or step == config.steps):
                 log.write(json.dumps({"step": step, "train_seconds": round(train_seconds, 2), "img_per_s": round(ips, 1),
-                                      "lr": config.learning_rate * lr_scale, **losses}) + "\n")
+                                      "lr": next(iter(opts.values())).param_groups[0]["lr"], **losses}) + "\n")
                 log.flush()
             if accelerator.is_main_process:
                 if config.sample_every and step % config.sample_every == 0:
@@ -205,17 +221,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 if config.snapshot_every and step % config.snapshot_every == 0:
                     _save_final(model, ema, out / "snapshots" / f"step-{step:06d}", step, train_seconds)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    last_good = _checkpoint(out, model, optimizers, ema, step, train_seconds, config.keep_checkpoints)
+                last_good = _checkpoint(out, model, optimizers, ema, step, train_seconds, config.keep_checkpoints, accelerator)
     finally:
         bar.close()
         if log:
             log.close()
     accelerator.wait_for_everyone()
     final = out / "final"
+    _checkpoint(out, model, optimizers, ema, step, train_seconds, config.keep_checkpoints, accelerator)
     if accelerator.is_main_process:
-        _checkpoint(out, model, optimizers, ema, step, train_seconds, config.keep_checkpoints)
         _save_final(model, ema, final, step, train_seconds)
         if config.sample_every:
             _sample_grid(model, ema, config, out / "samples" / "final.png")
@@ -231,45 +245,78 @@ def _collate(samples: list[dict], device) -> dict:
     return batch
 
 
-def _checkpoint(out: Path, model, optimizers, ema, step, train_seconds, keep) -> Path:
-    tensors, meta = {}, {}
-    for name, opt in optimizers.items():
-        t, m = _optimizer_tensors(name, opt)
-        tensors.update(t)
-        meta[name] = m
-    rng = {"torch": torch.get_rng_state()}
+def _any_process(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    return bool(accelerator.gather(torch.tensor([float(flag)], device=accelerator.device)).max().item() > 0)
+
+
+def _rng_states(accelerator) -> dict[str, torch.Tensor]:
+    """Every process's RNG state (rows by rank), so a resumed run draws what an unbroken one would."""
+    states = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    extra = {"optimizers.safetensors": tensors or {"_empty": torch.zeros(0)}, "optimizers.json": meta,
-             "rng.safetensors": rng, "trainer_state.json": {"step": step, "train_seconds": train_seconds}}
-    if ema is not None:
-        extra["ema.safetensors"] = ema.state_dict()
+        states["cuda"] = torch.cuda.get_rng_state()
+    if accelerator.num_processes == 1:
+        return {k: v.unsqueeze(0) for k, v in states.items()}
+    return {k: accelerator.gather(v.to(accelerator.device).unsqueeze(0)).cpu() for k, v in states.items()}
+
+
+def _checkpoint(out: Path, model, optimizers, ema, step, train_seconds, keep, accelerator) -> Path:
+    """Collective (every process calls it); the main process writes."""
+    rng = _rng_states(accelerator)
     path = out / "checkpoints" / f"step-{step:06d}"
-    model.save_pretrained(path, extra_files=extra)
-    for old in sorted((out / "checkpoints").glob("step-*[0-9]"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if accelerator.is_main_process:
+        tensors, meta = {}, {}
+        for name, opt in optimizers.items():
+            t, m = _optimizer_tensors(name, opt)
+            tensors.update(t)
+            meta[name] = m
+        state = {"step": step, "train_seconds": train_seconds, "world_size": accelerator.num_processes}
+        if accelerator.scaler is not None:  # fp16 loss scaling, so a resumed fp16 run scales alike
+            state["grad_scaler"] = accelerator.scaler.state_dict()
+        extra = {"optimizers.safetensors": tensors or {"_empty": torch.zeros(0)}, "optimizers.json": meta,
+                 "rng.safetensors": rng, "trainer_state.json": state}
+        if ema is not None:
+            extra["ema.safetensors"] = ema.state_dict()
+        model.save_pretrained(path, extra_files=extra)
+        for old in sorted((out / "checkpoints").glob("step-*[0-9]"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return path
 
 
-def _restore(ckpt: Path, model, optimizers, ema) -> tuple[int, float]:
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is missing or corrupted ({e})") from None
+
+
+def _restore(ckpt: Path, model, optimizers, accelerator) -> tuple[int, float]:
     _, tensors = load_checkpoint(ckpt)
     model.load_state_dict(tensors)
     try:
-        opt_tensors = load_file(ckpt / "optimizers.safetensors")
         meta = json.loads((ckpt / "optimizers.json").read_text())
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        rng = load_file(ckpt / "rng.safetensors")
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{ckpt} is not a complete training checkpoint ({e})") from None
+    opt_tensors = _load_tensors(ckpt / "optimizers.safetensors")
+    rng = _load_tensors(ckpt / "rng.safetensors")
     for name, opt in optimizers.items():
         _load_optimizer(name, opt, opt_tensors, meta[name])
-    if ema is not None:
-        ema.load_state_dict(load_file(ckpt / "ema.safetensors"))
-    torch.set_rng_state(rng["torch"])
+    rank = accelerator.process_index
+    if rng["torch"].shape[0] != accelerator.num_processes:
+        accelerator.print(f"warning: {ckpt} was saved by {rng['torch'].shape[0]} processes, not "
+                          f"{accelerator.num_processes}; random streams will differ from an unbroken run")
+        rank = 0
+    torch.set_rng_state(rng["torch"][rank])
     if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
+        torch.cuda.set_rng_state(rng["cuda"][rank])
+    if "grad_scaler" in state and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["grad_scaler"])
     return state["step"], state["train_seconds"]
 
 
