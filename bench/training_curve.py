@@ -30,10 +30,11 @@ def main():
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default=None)
+    ap.add_argument("--stride", type=int, default=1, help="score every k-th snapshot (the final model always)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     run = Path(args.run)
-    snapshots = sorted((run / "snapshots").glob("step-*[0-9]"))
+    snapshots = sorted((run / "snapshots").glob("step-*[0-9]"))[args.stride - 1::args.stride]
     if (run / "final").is_dir():
         snapshots.append(run / "final")
     points = []

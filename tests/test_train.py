@@ -101,3 +101,23 @@ def test_resume_uses_the_recipes_learning_rate(tmp_path, tiny_autoencoder_dir):
     train(TrainConfig.from_file(cfg, learning_rate=1e-5), resume=True, progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in log] == [1e-3, 1e-3, 1e-5, 1e-5]
+
+
+def test_learning_rate_warms_up_then_decays_linearly():
+    from trilemma.train.loop import lr_multiplier
+
+    config = TrainConfig(model_class="LatentDiffusion", model={}, steps=100, warmup_steps=10, lr_decay_start=50, lr_final_fraction=0.1)
+    assert lr_multiplier(config, 0) == 0.1 and lr_multiplier(config, 9) == 1.0
+    assert lr_multiplier(config, 50) == 1.0
+    assert abs(lr_multiplier(config, 75) - 0.55) < 1e-9
+    assert abs(lr_multiplier(config, 100) - 0.1) < 1e-9
+
+
+def test_resumed_run_reads_the_latent_cache(tmp_path, tiny_autoencoder_dir):
+    cfg = tiny_train_config(tmp_path, tiny_autoencoder_dir, steps=2)
+    train(TrainConfig.from_file(cfg), progress=False)
+    cache = tmp_path / "run" / "latent_cache"
+    assert (cache / "model.safetensors").is_file()
+    stamp = (cache / "model.safetensors").stat().st_mtime_ns
+    train(TrainConfig.from_file(cfg, steps=3), resume=True, progress=False)
+    assert (cache / "model.safetensors").stat().st_mtime_ns == stamp  # read back, not written again

@@ -195,10 +195,11 @@ def cmd_models(args) -> None:
     for name, path in models.items():
         info = model_info(path)
         scores = info.get("scores", {})
-        measured = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, (int, float)))
+        measured = ", ".join(f"{split} {scores[split]:.3f}" for split in ("test", "test-novel") if split in scores)
         mark = " (default)" if name == DEFAULT_MODEL else ""
         print(f"{name}{mark}: {info['family']} / {info['model_class']}, {info['size_mb']} MB, "
-              f"{scores.get('parameters', 0) / 1e6:.1f}M parameters; pass rate {measured or 'not measured'}")
+              f"{scores.get('parameters', 0) / 1e6:.1f}M parameters; pass rate {measured or 'not measured'}"
+              + (f" (n={scores['n_per_split']} per split)" if "n_per_split" in scores else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_decay_start: int | None = None  # from this step, decay linearly to lr_final_fraction x the rate at `steps`
+    lr_final_fraction: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float | None = 0.999
     seed: int = 0
@@ -183,7 +185,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             start = (step * world + rank) * batch
             samples = [dataset[i] for i in range(start, start + batch)]
             data = _collate(samples, accelerator.device)
-            lr_scale = min(1.0, (step + 1) / max(1, config.warmup_steps))
+            lr_scale = lr_multiplier(config, step)
             losses = {}
             ddp_model.train()
             for name, opt in opts.items():
@@ -235,6 +237,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             _sample_grid(model, ema, config, out / "samples" / "final.png")
     accelerator.wait_for_everyone()
     return final
+
+
+def lr_multiplier(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, constant, then (optionally) linear decay: a function of the step alone, so resume is exact."""
+    scale = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    start = config.lr_decay_start
+    if start is not None and step >= start and config.steps > start:
+        done = min(1.0, (step - start) / (config.steps - start))
+        scale *= 1.0 - (1.0 - config.lr_final_fraction) * done
+    return scale
 
 
 def _collate(samples: list[dict], device) -> dict:
