@@ -316,7 +316,8 @@ def _restore(ckpt: Path, model, optimizers, accelerator) -> tuple[int, float]:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{ckpt} is not a complete training checkpoint ({e})") from None
     opt_tensors = _load_tensors(ckpt / "optimizers.safetensors")
-    rng = _load_tensors(ckpt / "rng.safetensors")
+    # One row per process; checkpoints of single-process runs before that kept one flat state.
+    rng = {k: v if v.dim() == 2 else v.unsqueeze(0) for k, v in _load_tensors(ckpt / "rng.safetensors").items()}
     for name, opt in optimizers.items():
         _load_optimizer(name, opt, opt_tensors, meta[name])
     rank = accelerator.process_index
