@@ -132,7 +132,7 @@ def read_prompts(args) -> list[str]:
 
 def cmd_generate(args) -> None:
     import trilemma
-    from tqdm.auto import tqdm
+    from trilemma.progress import progress
 
     from trilemma.data.export import ensure_writable
     from trilemma.grid import image_grid
@@ -150,7 +150,7 @@ def cmd_generate(args) -> None:
     # Image k gets seed + k, so a run's bytes do not depend on the batch size.
     jobs = [(p, args.seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.num_images))]
     rows, images = [], []
-    for start in tqdm(range(0, len(jobs), args.batch_size), desc="generating", disable=len(jobs) <= args.batch_size):
+    for start in progress(range(0, len(jobs), args.batch_size), desc="generating", enabled=len(jobs) > args.batch_size):
         chunk = jobs[start:start + args.batch_size]
         batch = model.generate([p for p, _ in chunk], seed=chunk[0][1], **options)
         for (prompt, seed), image in zip(chunk, batch):

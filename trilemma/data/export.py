@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from trilemma.data.shapes import render, sample_scene
+from trilemma.progress import progress as progress_bar
 
 
 def ensure_writable(folder: str | Path) -> Path:
@@ -29,7 +29,7 @@ def ensure_writable(folder: str | Path) -> Path:
 def export_split(split: str, n: int, out: str | Path, resolution: int = 64, seed: int = 0, progress: bool = True) -> Path:
     out = ensure_writable(out)
     with open(out / "metadata.jsonl", "w") as meta:
-        for i in tqdm(range(n), desc=f"export {split}", disable=not progress, leave=False):
+        for i in progress_bar(range(n), desc=f"export {split}", enabled=progress, leave=False):
             scene = sample_scene(split, i, seed)
             name = f"{split}-{i:06d}.png"
             render(scene, resolution).save(out / name)

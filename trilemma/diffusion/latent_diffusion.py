@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
-from tqdm.auto import tqdm
 
 from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
 from trilemma.model import TextToImageModel, check_prompts, to_pil
+from trilemma.progress import progress as progress_bar
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.tokenizer import PromptTokenizer
 
@@ -131,7 +131,7 @@ class LatentDiffusion(TextToImageModel):
             pass
         latents = []
         with torch.no_grad():
-            for start in tqdm(range(0, n, 256), desc="encoding latents", leave=False):
+            for start in progress_bar(range(0, n, 256), desc="encoding latents", leave=False):
                 x = torch.stack([data[i]["pixel_values"] for i in range(start, min(n, start + 256))]).to(device)
                 latents.append(self.autoencoder.encode(x).cpu())
         latents = torch.cat(latents)
@@ -224,7 +224,7 @@ class LatentDiffusion(TextToImageModel):
             states, mask = cond, cond_mask
         # Ancestral (DDPM) steps draw noise too: one generator per image keeps it batch-independent.
         step_generators = [torch.Generator(device).manual_seed(s + 1_000_003) for s in seeds]
-        for t in tqdm(scheduler.timesteps, disable=not progress, leave=False, desc="denoising"):
+        for t in progress_bar(scheduler.timesteps, enabled=progress, leave=False, desc="denoising"):
             x = torch.cat([latents, latents]) if use_cfg else latents
             x = scheduler.scale_model_input(x, t)
             out = self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample

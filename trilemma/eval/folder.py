@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from trilemma.data.shapes import parse_prompt
 from trilemma.eval.scorer import score_image, summarize
+from trilemma.progress import progress as progress_bar
 
 
 def read_metadata(folder: str | Path) -> list[dict]:
@@ -36,7 +36,7 @@ def score_folder(folder: str | Path, progress: bool = True) -> tuple[dict, list[
     """(summary, per-image records) for an image folder."""
     folder = Path(folder)
     records = []
-    for row in tqdm(read_metadata(folder), desc="scoring", disable=not progress, leave=False):
+    for row in progress_bar(read_metadata(folder), desc="scoring", enabled=progress, leave=False):
         parsed = parse_prompt(row["text"])
         path = folder / row["file_name"]
         if not path.is_file():

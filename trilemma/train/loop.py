@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from trilemma.grid import image_grid
+from trilemma.progress import progress as progress_bar
 from trilemma.registry import model_class
 from trilemma.train.ema import EMA
 
@@ -174,7 +174,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
 
     world, rank, batch = accelerator.num_processes, accelerator.process_index, config.batch_size
     log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and accelerator.is_main_process), desc="train")
+    bar = progress_bar(total=config.steps, initial=step, enabled=progress and accelerator.is_main_process, desc="train")
     last_good = None
     try:
         while step < config.steps:
