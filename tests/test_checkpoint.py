@@ -10,6 +10,8 @@ from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from trilemma.diffusion.latent_diffusion import LatentDiffusion
 from trilemma.model import TrainableModel
 
+from conftest import TINY_LDM
+
 
 def test_a_folder_rebuilds_its_model_with_no_other_code(tiny_ldm_dir):
     config = json.loads((tiny_ldm_dir / "config.json").read_text())
@@ -99,3 +101,16 @@ def test_extra_files_are_verified_too(tmp_path):
     (tmp_path / "c" / "state.json").write_text('{"step": 4}')
     with pytest.raises(CheckpointError, match="state.json is corrupted"):
         load_checkpoint(tmp_path / "c")
+
+
+def test_t5_encoder_and_coord_channels_round_trip(tmp_path):
+    config = {**TINY_LDM, "text_encoder": {**TINY_LDM["text_encoder"], "architecture": "t5"}, "coord_channels": True}
+    torch.manual_seed(0)
+    model = LatentDiffusion.from_config(config)
+    assert model.unet.config.in_channels == model.latent_channels + 2
+    model.save_pretrained(tmp_path / "m")
+    again = trilemma.load(tmp_path / "m")
+    assert again.config.coord_channels and again.text_encoder.config.architecture == "t5"
+    a = model.generate(["a red circle above a blue square"], seed=3)[0]
+    b = again.generate(["a red circle above a blue square"], seed=3)[0]
+    assert a.size == (64, 64) and a.tobytes() == b.tobytes()

@@ -35,3 +35,32 @@ def test_encoder_gives_token_states_and_a_pooled_vector():
     states, pooled = enc(*tok(["a red circle", "two blue squares"]))
     assert states.shape == (2, tok.max_length, 32) and pooled.shape == (2, 32)
     assert not torch.allclose(pooled[0], pooled[1])
+
+
+def _first_object_state(architecture: str, relation: str) -> torch.Tensor:
+    tok = PromptTokenizer()
+    torch.manual_seed(0)
+    enc = TransformerTextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1,
+                                                   num_heads=2, architecture=architecture)).eval()
+    states, _ = enc(*tok([f"a red circle {relation} a blue square"]))
+    return states[0, 2]  # [BOS] a red ...: the state of "red"
+
+
+def test_t5_encoder_states_see_the_whole_prompt_and_clip_states_do_not():
+    # Why the T5 option exists: a causal encoder cannot tell "red" it is the left-hand object.
+    assert not torch.allclose(_first_object_state("t5", "to the left of"), _first_object_state("t5", "to the right of"))
+    assert torch.equal(_first_object_state("clip", "to the left of"), _first_object_state("clip", "to the right of"))
+
+
+def test_t5_pooled_vector_ignores_padding():
+    tok = PromptTokenizer()
+    enc = TransformerTextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1,
+                                                   num_heads=2, architecture="t5")).eval()
+    ids, mask = tok(["a red circle"])
+    states, pooled = enc(ids, mask)
+    assert torch.allclose(pooled[0], states[0, mask[0].bool()].mean(0), atol=1e-6)
+
+
+def test_unknown_encoder_architecture_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown text encoder architecture"):
+        TransformerTextEncoder(TextEncoderConfig(vocab_size=10, architecture="lstm"))

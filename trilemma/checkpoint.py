@@ -87,6 +87,22 @@ def atomic_folder(final: Path, fill) -> None:
         raise
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors ready for safetensors, which refuses two names on one storage.
+
+    Tied weights (T5's `shared` and `encoder.embed_tokens`) are one storage
+    under two names; the duplicate is written as a copy, and loading the state
+    dict copies both into the same tied parameter again.
+    """
+    seen, out = set(), {}
+    for name, value in tensors.items():
+        value = value.detach().contiguous().cpu()
+        storage = value.untyped_storage().data_ptr()
+        out[name] = value.clone() if storage in seen else value
+        seen.add(storage)
+    return out
+
+
 def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torch.Tensor], extra_files: dict | None = None) -> None:
     """Save `config` (JSON-able) and `tensors` as one checkpoint folder, atomically.
 
@@ -96,12 +112,12 @@ def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torc
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
     def fill(tmp: Path) -> None:
-        save_file(tensors, tmp / WEIGHTS_NAME)
+        save_file(_unshared(tensors), tmp / WEIGHTS_NAME)
         for name, content in (extra_files or {}).items():
             if isinstance(content, str):
                 (tmp / name).write_text(content)
             elif isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
-                save_file({k: v.detach().contiguous().cpu() for k, v in content.items()}, tmp / name)
+                save_file(_unshared(content), tmp / name)
             else:
                 write_json(tmp / name, content)
         files = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.name != WEIGHTS_NAME}

@@ -43,6 +43,11 @@ class LatentDiffusionConfig:
     num_train_timesteps: int = 1000
     condition_dropout: float = 0.1
     min_snr_gamma: float | None = 5.0
+    # CoordConv (Liu et al., 2018): two channels holding x and y in [-1, 1] are
+    # appended to the U-Net's input. Convolutions and diffusers' attention blocks
+    # carry no absolute position, so without them "left" and "above" can only be
+    # read off the zero padding at the borders.
+    coord_channels: bool = False
     sampler: str = "dpmsolver++"
     sampling_steps: int = 25
     guidance_scale: float = 3.0
@@ -62,7 +67,8 @@ class LatentDiffusion(TextToImageModel):
         ae = self.autoencoder.config
         n = len(config.unet_channels)
         self.unet = UNet2DConditionModel(
-            sample_size=self.latent_size, in_channels=ae.latent_channels, out_channels=ae.latent_channels,
+            sample_size=self.latent_size, in_channels=ae.latent_channels + 2 * config.coord_channels,
+            out_channels=ae.latent_channels,
             down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
             up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
             block_out_channels=tuple(config.unet_channels), layers_per_block=config.layers_per_block,
@@ -147,6 +153,14 @@ class LatentDiffusion(TextToImageModel):
         states, _ = self.text_encoder(ids.to(device), mask.to(device))
         return states, mask.to(device)
 
+    def denoise(self, x: torch.Tensor, t, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The U-Net's output (v or epsilon) for noisy latents x at timestep t."""
+        if self.config.coord_channels:
+            ramp = torch.linspace(-1.0, 1.0, x.shape[-1], device=x.device, dtype=x.dtype)
+            ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
+            x = torch.cat([x, torch.stack([xs, ys]).expand(x.shape[0], -1, -1, -1)], dim=1)
+        return self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         if "latents" in batch:
             latents = batch["latents"]
@@ -166,7 +180,7 @@ class LatentDiffusion(TextToImageModel):
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         else:
             target = noise
-        pred = self.unet(noisy, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        pred = self.denoise(noisy, t, states, mask)
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         if self.config.min_snr_gamma:
             # Min-SNR-gamma (Hang et al., 2023, eq. 9): clamp the weight of low-noise steps.
@@ -227,7 +241,7 @@ class LatentDiffusion(TextToImageModel):
         for t in progress_bar(scheduler.timesteps, enabled=progress, leave=False, desc="denoising"):
             x = torch.cat([latents, latents]) if use_cfg else latents
             x = scheduler.scale_model_input(x, t)
-            out = self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+            out = self.denoise(x, t, states, mask)
             if use_cfg:  # classifier-free guidance (Ho & Salimans, 2022)
                 out_uncond, out_cond = out.chunk(2)
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)
