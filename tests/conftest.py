@@ -56,3 +56,28 @@ def run_cli(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "trilemma", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def save_tiny_text_model(kind: str, path: Path) -> Path:
+    """A tiny randomly initialised transformers text model (t5, clip or bert) and tokenizer, saved as a local folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast,
+                              T5Config, T5EncoderModel)
+
+    words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "a", "red", "blue", "circle", "square", "above", "left", "of", "to", "the"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
+    torch.manual_seed(0)
+    if kind == "t5":
+        model = T5EncoderModel(T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                        pad_token_id=0, decoder_start_token_id=0))
+    elif kind == "clip":
+        model = CLIPTextModel(CLIPTextConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, max_position_embeddings=32, pad_token_id=0,
+                                             bos_token_id=2, eos_token_id=3))
+    else:
+        model = BertModel(BertConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, max_position_embeddings=32, pad_token_id=0))
+    model.save_pretrained(path, safe_serialization=True)
+    return path

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=_positive(int))
     tr.add_argument("--output-dir")
     tr.add_argument("--max-minutes", type=float)
+    tr.add_argument("--text-encoder", metavar="PATH",
+                    help="a frozen pretrained text encoder: a local T5, CLIP or BERT folder, or 'all-minilm-l6-v2'")
 
     gen = sub.add_parser("generate", help="generate images from prompts")
     gen.add_argument("prompt", nargs="*")
@@ -112,6 +114,9 @@ def cmd_train(args) -> None:
     from trilemma.train.loop import TrainConfig, train
 
     config = TrainConfig.from_file(args.config, steps=args.steps, output_dir=args.output_dir, max_minutes=args.max_minutes)
+    if args.text_encoder:
+        # A frozen pretrained encoder in place of the recipe's trained one (Imagen's comparison).
+        config.model["text_encoder"] = {"pretrained": args.text_encoder}
     print(train(config, resume=args.resume))
 
 

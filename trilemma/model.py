@@ -56,8 +56,25 @@ class TrainableModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def external_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of modules whose weights live elsewhere (a frozen pretrained
+        encoder that its config names and hash-checks): checkpoints leave them out."""
+        return ()
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        external = self.external_prefixes()
+        return {k: v for k, v in self.state_dict().items() if not (external and k.startswith(external))}
+
+    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """load_state_dict, strict except for the external modules (already loaded from their source)."""
+        missing, unexpected = self.load_state_dict(tensors, strict=False)
+        external = self.external_prefixes()
+        missing = [k for k in missing if not (external and k.startswith(external))]
+        if missing or unexpected:
+            raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, extra_files: dict | None = None) -> None:
-        tensors = self.state_dict()
+        tensors = self.checkpoint_tensors()
         if dtype is not None:
             tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         config = {"family": self.family, "model_class": type(self).__name__, "config": self.to_config()}
@@ -73,7 +90,7 @@ class TrainableModel(nn.Module):
             raise CheckpointError(f"{directory} holds a {config['model_class']}, not a {cls.__name__}")
         model = klass.from_config(config["config"])
         try:
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+            model.load_checkpoint_tensors({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
         except RuntimeError as e:
             raise CheckpointError(f"{directory}: weights do not match the config ({str(e).splitlines()[0]})") from None
         return model.eval()

@@ -23,6 +23,7 @@ from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.progress import progress as progress_bar
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
+from trilemma.text.pretrained import PretrainedTextEncoder
 from trilemma.text.tokenizer import PromptTokenizer
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
@@ -61,8 +62,15 @@ class LatentDiffusion(TextToImageModel):
         self.config = config
         self.resolution = config.resolution
         self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
-        self.text_encoder = TransformerTextEncoder(TextEncoderConfig(
-            vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **config.text_encoder))
+        if "pretrained" in config.text_encoder:  # frozen (Imagen); its own tokenizer replaces ours
+            spec = config.text_encoder
+            self.text_encoder = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
+            self.tokenize = self.text_encoder.tokenize
+            config.text_encoder = self.text_encoder.to_config()
+        else:
+            self.text_encoder = TransformerTextEncoder(TextEncoderConfig(
+                vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **config.text_encoder))
+            self.tokenize = self.tokenizer
         self._set_autoencoder(KLAutoencoder.from_config(config.autoencoder))
         ae = self.autoencoder.config
         n = len(config.unet_channels)
@@ -87,6 +95,9 @@ class LatentDiffusion(TextToImageModel):
         self.latent_size = self.config.resolution // autoencoder.config.downsample
 
     # --- config ---------------------------------------------------------------
+    def external_prefixes(self) -> tuple[str, ...]:
+        return ("text_encoder.",) if isinstance(self.text_encoder, PretrainedTextEncoder) else ()
+
     def to_config(self) -> dict:
         return asdict(self.config)
 
@@ -98,7 +109,7 @@ class LatentDiffusion(TextToImageModel):
 
     # --- training -------------------------------------------------------------
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
-        params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        params = [p for p in list(self.unet.parameters()) + list(self.text_encoder.parameters()) if p.requires_grad]
         return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
 
     def prepare_training(self, config, device):
@@ -149,7 +160,7 @@ class LatentDiffusion(TextToImageModel):
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.unet.parameters()).device
-        ids, mask = self.tokenizer(prompts)
+        ids, mask = self.tokenize(prompts)
         states, _ = self.text_encoder(ids.to(device), mask.to(device))
         return states, mask.to(device)
 

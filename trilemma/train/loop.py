@@ -309,7 +309,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _restore(ckpt: Path, model, optimizers, accelerator) -> tuple[int, float]:
     _, tensors = load_checkpoint(ckpt)
-    model.load_state_dict(tensors)
+    model.load_checkpoint_tensors(tensors)
     try:
         meta = json.loads((ckpt / "optimizers.json").read_text())
         state = json.loads((ckpt / "trainer_state.json").read_text())
