@@ -1,0 +1,58 @@
+"""Thresholding of the predicted clean image while sampling (Saharia et al., 2022, "Imagen", sec. 2.3).
+
+Large classifier-free guidance weights push the predicted x0 outside the
+data's range [-1, 1]; each step then feeds the overshoot back in, and samples
+saturate. Static thresholding clips x0 to [-1, 1]. Dynamic thresholding sets
+s to the p-th percentile of |x0| per sample and, when s > 1, clips to [-s, s]
+and divides by s, pulling saturated pixels inwards.
+
+diffusers' schedulers carry the same operation (`thresholding=True`) but
+only some of them (DDPM, DDIM, DPM-Solver), each inside its own `step`, and
+only for some prediction types. Written here once so that it sits in the
+sampling loop, between the model and any scheduler: the model output is
+turned into x0, thresholded, and turned back into the scheduler's
+prediction type. A test checks it against diffusers' `_threshold_sample`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MODES = ("none", "static", "dynamic")
+
+
+def threshold(x0: torch.Tensor, mode: str = "dynamic", percentile: float = 0.995, max_value: float = float("inf")) -> torch.Tensor:
+    if mode not in MODES:
+        raise ValueError(f"unknown thresholding {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "none":
+        return x0
+    if mode == "static":
+        return x0.clamp(-1.0, 1.0)
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"the dynamic thresholding percentile must lie in (0, 1], not {percentile}")
+    flat = x0.float().reshape(x0.shape[0], -1)
+    # s >= 1: below that the sample is already inside [-1, 1] and is left alone.
+    s = torch.quantile(flat.abs(), percentile, dim=1).clamp(min=1.0, max=max_value).unsqueeze(1)
+    return (flat.clamp(-s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+def thresholded_output(output: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str,
+                       mode: str, percentile: float = 0.995) -> torch.Tensor:
+    """The model output re-expressed so that the x0 it implies is thresholded.
+
+    With x_t = a x0 + s eps (a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar)):
+    epsilon-prediction gives x0 = (x_t - s eps) / a, v-prediction gives
+    x0 = a x_t - s v; the thresholded x0 is mapped back the same way.
+    """
+    if mode == "none":
+        return output
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        x0 = (sample - s * output) / a
+        return (sample - a * threshold(x0, mode, percentile)) / s
+    if prediction_type == "v_prediction":
+        x0 = a * sample - s * output
+        return (a * sample - threshold(x0, mode, percentile)) / s
+    if prediction_type == "sample":
+        return threshold(output, mode, percentile)
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
