@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=_positive(int))
     gen.add_argument("--guidance-scale", type=float)
-    gen.add_argument("--sampler")
+    gen.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
+    gen.add_argument("--eta", type=float, help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--batch-size", type=_positive(int), default=50)
     gen.add_argument("--out", default="out")
@@ -149,7 +150,8 @@ def cmd_generate(args) -> None:
     model = trilemma.load(args.model)
     if not isinstance(model, TextToImageModel):
         raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not draw images from text")
-    options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler}.items() if v is not None}
+    options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
+                                 "eta": args.eta}.items() if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
     # Image k gets seed + k, so a run's bytes do not depend on the batch size.

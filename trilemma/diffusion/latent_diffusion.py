@@ -17,16 +17,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
+from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.progress import progress as progress_bar
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder
 from trilemma.text.tokenizer import PromptTokenizer
-
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 
 
 @dataclass
@@ -206,20 +205,12 @@ class LatentDiffusion(TextToImageModel):
 
     # --- sampling -------------------------------------------------------------
     def make_sampler(self, name: str):
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-        # "trailing" spacing starts sampling at the last training step (Lin et al., 2023).
-        common = {"timestep_spacing": "trailing"}
-        if name == "ddpm":
-            return DDPMScheduler.from_config(self.noise_scheduler.config, **common)
-        if name == "ddim":
-            return DDIMScheduler.from_config(self.noise_scheduler.config, **common)
-        return DPMSolverMultistepScheduler.from_config(
-            self.noise_scheduler.config, algorithm_type="dpmsolver++", solver_order=2, **common)
+        return make_sampler(name, self.noise_scheduler.config)
 
     @torch.no_grad()
     def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False):
+                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
+                 eta: float = 0.0):
         prompts = check_prompts(prompts)
         steps = self.config.sampling_steps if steps is None else steps
         if steps < 1:
@@ -229,33 +220,13 @@ class LatentDiffusion(TextToImageModel):
             chunk = prompts[start:start + batch_size]
             images += self._generate_batch(chunk, [seed + start + i for i in range(len(chunk))], steps,
                                            self.config.guidance_scale if guidance_scale is None else guidance_scale,
-                                           sampler or self.config.sampler, negative_prompt, progress)
+                                           sampler or self.config.sampler, negative_prompt, progress, eta)
         return images
 
-    def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress):
+    def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress, eta=0.0):
         device = next(self.unet.parameters()).device
-        # One generator per image: an image depends on its seed, not on its batch.
-        shape = (self.latent_channels, self.latent_size, self.latent_size)
-        latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
-        scheduler = self.make_sampler(sampler_name)
-        scheduler.set_timesteps(steps)
-        latents = latents * scheduler.init_noise_sigma
-        cond, cond_mask = self.encode_text(prompts)
-        use_cfg = guidance_scale != 1.0
-        if use_cfg:
-            uncond, uncond_mask = self.encode_text([negative_prompt] * len(prompts))
-            states, mask = torch.cat([uncond, cond]), torch.cat([uncond_mask, cond_mask])
-        else:
-            states, mask = cond, cond_mask
-        # Ancestral (DDPM) steps draw noise too: one generator per image keeps it batch-independent.
-        step_generators = [torch.Generator(device).manual_seed(s + 1_000_003) for s in seeds]
-        for t in progress_bar(scheduler.timesteps, enabled=progress, leave=False, desc="denoising"):
-            x = torch.cat([latents, latents]) if use_cfg else latents
-            x = scheduler.scale_model_input(x, t)
-            out = self.denoise(x, t, states, mask)
-            if use_cfg:  # classifier-free guidance (Ho & Salimans, 2022)
-                out_uncond, out_cond = out.chunk(2)
-                out = out_uncond + guidance_scale * (out_cond - out_uncond)
-            latents = scheduler.step(out, t, latents, generator=step_generators).prev_sample
-        images = self.autoencoder.decode(latents / self.config.latent_scale)
-        return to_pil(images)
+        uncond = self.encode_text([negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
+        latents = sample(self.denoise, (self.latent_channels, self.latent_size, self.latent_size), seeds,
+                         self.make_sampler(sampler_name), steps, self.encode_text(prompts), uncond, guidance_scale,
+                         self.config.prediction_type, eta=eta, progress=progress, device=device)
+        return to_pil(self.autoencoder.decode(latents / self.config.latent_scale))
