@@ -11,9 +11,10 @@ from pathlib import Path
 
 def _classes() -> dict:
     from trilemma.diffusion.autoencoder import KLAutoencoder
+    from trilemma.diffusion.imagen import ImagenCascade
     from trilemma.diffusion.latent_diffusion import LatentDiffusion
 
-    return {"KLAutoencoder": KLAutoencoder, "LatentDiffusion": LatentDiffusion}
+    return {"KLAutoencoder": KLAutoencoder, "LatentDiffusion": LatentDiffusion, "ImagenCascade": ImagenCascade}
 
 
 def model_class(name: str):

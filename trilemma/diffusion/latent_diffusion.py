@@ -6,7 +6,7 @@ with cross-attention on the text encoder's token states learns to denoise
 those latents. Training uses v-prediction (Salimans & Ho, 2022) on a cosine
 schedule, min-SNR loss weighting (Hang et al., 2023) and condition dropout
 for classifier-free guidance (Ho & Salimans, 2022). Sampling uses diffusers'
-schedulers in an explicit loop, so every step of generation reads on one screen.
+schedulers in the explicit loop of `trilemma.diffusion.sampling`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
+from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.progress import progress as progress_bar
@@ -183,25 +183,9 @@ class LatentDiffusion(TextToImageModel):
         drop = torch.rand(b) < self.config.condition_dropout
         texts = ["" if d else t for d, t in zip(drop.tolist(), batch["text"])]
         states, mask = self.encode_text(texts)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        if self.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, t)
-        else:
-            target = noise
-        pred = self.denoise(noisy, t, states, mask)
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        if self.config.min_snr_gamma:
-            # Min-SNR-gamma (Hang et al., 2023, eq. 9): clamp the weight of low-noise steps.
-            alpha_bar = self.noise_scheduler.alphas_cumprod.to(latents.device)[t]
-            snr = alpha_bar / (1 - alpha_bar)
-            weight = snr.clamp(max=self.config.min_snr_gamma)
-            weight = weight / (snr + 1) if self.config.prediction_type == "v_prediction" else weight / snr
-            loss = (weight * per_sample).mean()
-        else:
-            loss = per_sample.mean()
-        return {"loss": loss, "mse": per_sample.mean().detach()}
+        loss, mse = denoising_loss(self.noise_scheduler, lambda x, t: self.denoise(x, t, states, mask), latents,
+                                   self.config.prediction_type, self.config.min_snr_gamma)
+        return {"loss": loss, "mse": mse}
 
     # --- sampling -------------------------------------------------------------
     def make_sampler(self, name: str):

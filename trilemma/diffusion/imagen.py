@@ -1,0 +1,239 @@
+"""Imagen-style cascaded pixel diffusion (Saharia et al., 2022), sized for a CPU.
+
+A base U-Net draws small pixel images from text; each super-resolution (SR)
+stage draws the next resolution conditioned on the text and on the previous
+stage's image, upsampled and concatenated to its input channels. SR stages
+train with noise conditioning augmentation (Ho et al., 2022, "Cascaded
+Diffusion Models"): the low-resolution input is noised to a random level,
+and the level is an input of the U-Net (diffusers' `class_embed_type=
+"timestep"` adds its embedding to the timestep's), so at sampling time a
+chosen level (0.2 by default) hides the base stage's artifacts from the SR
+stage. Sampling uses classifier-free guidance and Imagen's dynamic
+thresholding, through the loop of `trilemma.diffusion.sampling`.
+
+Stages are independent networks, each with its own text encoder (trained
+jointly) or one shared frozen pretrained encoder (Imagen's frozen T5), and
+each with its own optimizer, so one run can train every stage or only some
+(`train_stages`), and a stage can start from another run's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from trilemma.diffusion.objective import denoising_loss
+from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
+from trilemma.model import TextToImageModel, check_prompts, to_pil
+from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
+from trilemma.text.pretrained import PretrainedTextEncoder
+from trilemma.text.tokenizer import PromptTokenizer
+
+
+@dataclass
+class ImagenConfig:
+    resolutions: tuple[int, ...] = (32, 64)  # the base stage's, then each SR stage's output
+    unet_channels: tuple[tuple[int, ...], ...] = ((64, 128, 128), (32, 64, 128))
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "architecture": "t5"})
+    tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
+    prediction_type: str = "v_prediction"
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    condition_dropout: float = 0.1
+    min_snr_gamma: float | None = 5.0
+    noise_augmentation: bool = True
+    max_train_aug_level: float = 1.0  # training noises the SR input at a level drawn uniformly from [0, this]
+    sampling_aug_level: float = 0.2
+    train_stages: tuple[int, ...] | None = None  # None: all stages
+    sampler: str = "dpmsolver++"
+    sampling_steps: int = 25
+    sr_sampling_steps: int = 15
+    guidance_scale: float = 3.0
+    thresholding: str = "dynamic"
+    threshold_percentile: float = 0.995
+
+
+class ImagenCascade(TextToImageModel):
+    family = "diffusion"
+
+    def __init__(self, config: ImagenConfig):
+        super().__init__()
+        if len(config.unet_channels) != len(config.resolutions):
+            raise ValueError("give one unet_channels entry per stage resolution")
+        if any(b <= a for a, b in zip(config.resolutions, config.resolutions[1:])):
+            raise ValueError(f"stage resolutions must increase, got {config.resolutions}")
+        self.config = config
+        self.resolution = config.resolutions[-1]
+        self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
+        n = len(config.resolutions)
+        if "pretrained" in config.text_encoder:
+            spec = config.text_encoder
+            shared = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
+            config.text_encoder = shared.to_config()
+            self.text_encoders = nn.ModuleList([shared] * n)  # one frozen model, shared by every stage
+            self.tokenize = shared.tokenize
+        else:
+            self.text_encoders = nn.ModuleList(TransformerTextEncoder(TextEncoderConfig(
+                vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **config.text_encoder))
+                for _ in range(n))
+            self.tokenize = self.tokenizer
+        self.unets = nn.ModuleList(self._make_unet(k) for k in range(n))
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                                             prediction_type=config.prediction_type, clip_sample=False)
+
+    def _make_unet(self, stage: int) -> UNet2DConditionModel:
+        channels = tuple(self.config.unet_channels[stage])
+        levels = len(channels)
+        sr = stage > 0
+        return UNet2DConditionModel(
+            sample_size=self.config.resolutions[stage], in_channels=6 if sr else 3, out_channels=3,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+            block_out_channels=channels, layers_per_block=self.config.layers_per_block,
+            cross_attention_dim=self.text_encoders[stage].hidden_size, attention_head_dim=self.config.attention_head_dim,
+            norm_num_groups=min(16, channels[0]),
+            # SR stages: the noise-augmentation level is a second timestep-like input.
+            class_embed_type="timestep" if sr else None,
+        )
+
+    @property
+    def stages(self) -> range:
+        return range(len(self.config.resolutions))
+
+    # --- config ---------------------------------------------------------------
+    def to_config(self) -> dict:
+        return asdict(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ImagenCascade":
+        config = dict(config)
+        config["resolutions"] = tuple(config["resolutions"])
+        config["unet_channels"] = tuple(tuple(c) for c in config["unet_channels"])
+        if config.get("train_stages") is not None:
+            config["train_stages"] = tuple(config["train_stages"])
+        return cls(ImagenConfig(**config))
+
+    def external_prefixes(self) -> tuple[str, ...]:
+        return ("text_encoders.",) if isinstance(self.text_encoders[0], PretrainedTextEncoder) else ()
+
+    # --- pieces -----------------------------------------------------------------
+    def encode_text(self, stage: int, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.unets[stage].parameters()).device
+        ids, mask = self.tokenize(prompts)
+        states, _ = self.text_encoders[stage](ids.to(device), mask.to(device))
+        return states, mask.to(device)
+
+    def aug_timestep(self, level: torch.Tensor) -> torch.Tensor:
+        """A noise-augmentation level in [0, 1] as a training-schedule timestep."""
+        return (level * (self.config.num_train_timesteps - 1)).round().long()
+
+    def low_res_condition(self, stage: int, low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The SR input: the lower-resolution image upsampled to this stage, noised to `level` (if augmentation is on)."""
+        size = self.config.resolutions[stage]
+        up = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+        if not self.config.noise_augmentation:
+            return up
+        noised = self.noise_scheduler.add_noise(up, F.interpolate(noise, size=(size, size), mode="nearest"), self.aug_timestep(level))
+        return torch.where((level > 0).view(-1, 1, 1, 1), noised, up)  # level 0: the clean upsampled image
+
+    def denoise(self, stage: int, x, t, states, mask, low_res=None, aug_t=None) -> torch.Tensor:
+        if stage == 0:
+            return self.unets[0](x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        if x.shape[0] != low_res.shape[0]:  # classifier-free guidance doubled the batch: the image condition is shared
+            low_res, aug_t = torch.cat([low_res, low_res]), torch.cat([aug_t, aug_t])
+        return self.unets[stage](torch.cat([x, low_res], dim=1), t, encoder_hidden_states=states,
+                                 encoder_attention_mask=mask, class_labels=aug_t).sample
+
+    # --- training ---------------------------------------------------------------
+    def trained_stages(self) -> tuple[int, ...]:
+        stages = tuple(self.stages) if self.config.train_stages is None else tuple(self.config.train_stages)
+        if not stages or any(s not in self.stages for s in stages):
+            raise ValueError(f"train_stages {self.config.train_stages} must name stages of {list(self.stages)}")
+        return stages
+
+    def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
+        optimizers = {}
+        for s in self.trained_stages():
+            params = [p for p in list(self.unets[s].parameters()) + list(self.text_encoders[s].parameters()) if p.requires_grad]
+            optimizers[f"stage{s}"] = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+        return optimizers
+
+    def prepare_training(self, config, device):
+        from trilemma.data.dataset import ShapesDataset
+
+        resolution = config.data.get("resolution", self.resolution)
+        if resolution != self.resolution:
+            raise ValueError(f"data resolution {resolution} differs from the cascade's output {self.resolution}")
+        return ShapesDataset(config.data.get("split", "train"), resolution, config.seed)
+
+    def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
+        stage = int(optimizer_name.removeprefix("stage"))
+        pixels = batch["pixel_values"]
+        size = self.config.resolutions[stage]
+        # Area down-sampling of the 64 px render is the anti-aliased image at this stage's size.
+        x0 = F.interpolate(pixels, size=(size, size), mode="area") if size != pixels.shape[-1] else pixels
+        b = x0.shape[0]
+        drop = torch.rand(b) < self.config.condition_dropout
+        states, mask = self.encode_text(stage, ["" if d else t for d, t in zip(drop.tolist(), batch["text"])])
+        if stage == 0:
+            fn = lambda x, t: self.denoise(0, x, t, states, mask)  # noqa: E731
+        else:
+            low_size = self.config.resolutions[stage - 1]
+            low = F.interpolate(pixels, size=(low_size, low_size), mode="area")
+            level = torch.rand(b, device=x0.device) * self.config.max_train_aug_level
+            low_res = self.low_res_condition(stage, low, level, torch.randn_like(low))
+            aug_t = self.aug_timestep(level) if self.config.noise_augmentation else torch.zeros(b, dtype=torch.long, device=x0.device)
+            fn = lambda x, t: self.denoise(stage, x, t, states, mask, low_res, aug_t)  # noqa: E731
+        loss, mse = denoising_loss(self.noise_scheduler, fn, x0, self.config.prediction_type, self.config.min_snr_gamma)
+        return {"loss": loss, "mse": mse}
+
+    # --- sampling ---------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
+                 eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
+                 sr_steps: int | None = None, stages: int | None = None):
+        """Images from the last stage (or from the first `stages` stages), one per prompt."""
+        prompts = check_prompts(prompts)
+        options = dict(steps=self.config.sampling_steps if steps is None else steps,
+                       sr_steps=self.config.sr_sampling_steps if sr_steps is None else sr_steps,
+                       guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+                       sampler=sampler or self.config.sampler, negative_prompt=negative_prompt, eta=eta,
+                       thresholding=self.config.thresholding if thresholding is None else thresholding,
+                       aug_level=self.config.sampling_aug_level if aug_level is None else aug_level,
+                       stages=len(self.config.resolutions) if stages is None else stages, progress=progress)
+        if options["steps"] < 1 or options["sr_steps"] < 1:
+            raise ValueError("steps must be at least 1")
+        images = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            images += to_pil(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **options))
+        return images
+
+    def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sampler, negative_prompt, eta, thresholding,
+                 aug_level, stages, progress) -> torch.Tensor:
+        image = None
+        for stage in range(stages):
+            device = next(self.unets[stage].parameters()).device
+            size = self.config.resolutions[stage]
+            cond = self.encode_text(stage, prompts)
+            uncond = self.encode_text(stage, [negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
+            stage_seeds = [s + 7919 * stage for s in seeds]  # each stage draws its own seeded noise
+            if stage == 0:
+                denoise = lambda x, t, st, m: self.denoise(0, x, t, st, m)  # noqa: E731
+            else:
+                level = torch.full((len(prompts),), float(aug_level), device=device)
+                low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [s + 104729 for s in stage_seeds], device))
+                aug_t = self.aug_timestep(level) if self.config.noise_augmentation else torch.zeros(len(prompts), dtype=torch.long, device=device)
+                denoise = lambda x, t, st, m, low_res=low_res, aug_t=aug_t, stage=stage: self.denoise(stage, x, t, st, m, low_res, aug_t)  # noqa: E731
+            image = sample(denoise, (3, size, size), stage_seeds, make_sampler(sampler, self.noise_scheduler.config),
+                           steps if stage == 0 else sr_steps, cond, uncond, guidance_scale, self.config.prediction_type,
+                           thresholding=thresholding, percentile=self.config.threshold_percentile, eta=eta,
+                           progress=progress, device=device)
+        return image
