@@ -121,3 +121,8 @@ def test_train_rejects_bad_recipes(tmp_path, content, words):
     path = tmp_path / "recipe.json"
     path.write_text(content)
     _assert_clean_error(*run_cli("train", path), words)
+
+
+def test_generate_refuses_an_option_the_model_does_not_take(tiny_ldm_dir, tmp_path):
+    rc, out, err = run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--thresholding", "dynamic", "--out", tmp_path / "o")
+    _assert_clean_error(rc, out, err, "does not take --thresholding")

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float)
     gen.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
     gen.add_argument("--eta", type=float, help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
+    gen.add_argument("--thresholding", choices=["none", "static", "dynamic"], help="pixel models: Imagen's x0 thresholding")
+    gen.add_argument("--aug-level", type=float, help="cascades: noise level of the SR stages' low-resolution input")
+    gen.add_argument("--sr-steps", type=_positive(int), help="cascades: sampling steps of each SR stage")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--batch-size", type=_positive(int), default=50)
     gen.add_argument("--out", default="out")
@@ -137,13 +140,13 @@ def read_prompts(args) -> list[str]:
 
 
 def cmd_generate(args) -> None:
-    import trilemma
-    from trilemma.progress import progress
+    import inspect
 
+    import trilemma
     from trilemma.data.export import ensure_writable
     from trilemma.grid import image_grid
-
     from trilemma.model import TextToImageModel
+    from trilemma.progress import progress
 
     prompts = read_prompts(args)
     out = ensure_writable(args.out)
@@ -151,9 +154,15 @@ def cmd_generate(args) -> None:
     if not isinstance(model, TextToImageModel):
         raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not draw images from text")
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
-                                 "eta": args.eta}.items() if v is not None}
+                                 "eta": args.eta, "thresholding": args.thresholding, "aug_level": args.aug_level,
+                                 "sr_steps": args.sr_steps}.items() if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
+    accepted = inspect.signature(model.generate).parameters
+    unsupported = [k for k in options if k not in accepted]
+    if unsupported:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
+        raise ValueError(f"{args.model} ({type(model).__name__}) does not take {flags}")
     # Image k gets seed + k, so a run's bytes do not depend on the batch size.
     jobs = [(p, args.seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.num_images))]
     rows, images = [], []
