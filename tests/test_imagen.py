@@ -67,3 +67,58 @@ def test_train_stages_selects_the_optimizers():
     assert list(model.configure_optimizers(1e-3)) == ["stage1"]
     with pytest.raises(ValueError, match="train_stages"):
         ImagenCascade.from_config({**TINY_IMAGEN, "train_stages": [2]}).configure_optimizers(1e-3)
+
+
+def test_learned_variance_bound_is_zero_at_the_true_posterior():
+    """Improved DDPM's L_vlb: with the true mean, v = -1 (the posterior variance beta~_t) gives KL 0."""
+    from diffusers import DDPMScheduler
+
+    from trilemma.diffusion.objective import vlb_term
+
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
+    torch.manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    t = torch.tensor([1, 10, 300, 700])  # near T, beta_t and beta~_t all but coincide
+    x_t = scheduler.add_noise(x0, torch.randn_like(x0), t)
+    at_posterior = vlb_term(scheduler, x0, x_t, t, x0, -torch.ones_like(x0))
+    at_beta = vlb_term(scheduler, x0, x_t, t, x0, torch.ones_like(x0))
+    assert at_posterior.abs().max() < 1e-4
+    assert (at_beta > at_posterior).all()
+    wrong_mean = vlb_term(scheduler, x0, x_t, t, -x0, -torch.ones_like(x0))
+    assert (wrong_mean > 1e-3).all()
+    # t = 0 is the discretized decoder's negative log-likelihood: finite and positive.
+    nll = vlb_term(scheduler, x0, x0, torch.zeros(4, dtype=torch.long), x0, torch.zeros_like(x0))
+    assert torch.isfinite(nll).all() and (nll > 0).all()
+
+
+def test_learned_variance_trains_and_samples_with_every_sampler():
+    torch.manual_seed(0)
+    model = ImagenCascade.from_config({**TINY_IMAGEN, "variance_type": "learned_range"})
+    assert model.unets[0].config.out_channels == 6 and model.noise_scheduler.config.variance_type == "learned_range"
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "text": ["a red circle", "two blue squares"]}
+    for stage in model.stages:
+        loss = model.training_step(batch, f"stage{stage}")["loss"]
+        loss.backward()
+        assert torch.isfinite(loss)
+    grads = model.unets[0].conv_out.weight.grad
+    assert grads[3:].abs().sum() > 0  # the variance channels get gradients (from the bound)
+    model.eval()
+    for sampler in ("ddpm", "ddim", "dpmsolver++"):
+        images = model.generate(["a red circle"], seed=0, sampler=sampler)
+        assert images[0].size == (32, 32)
+    with pytest.raises(ValueError, match="variance_type"):
+        ImagenCascade.from_config({**TINY_IMAGEN, "variance_type": "learned"})
+
+
+def test_sr_stage_trains_on_crops_and_samples_whole_images():
+    torch.manual_seed(0)
+    model = ImagenCascade.from_config({**TINY_IMAGEN, "sr_crop": 16, "sr_attention_levels": 1})
+    assert model.unets[1].config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D")
+    seen = []
+    hook = model.unets[1].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-1]))
+    model.training_step({"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "text": ["a red circle"] * 2}, "stage1")
+    hook.remove()
+    assert seen == [16]
+    assert model.generate(["a red circle"], seed=0)[0].size == (32, 32)
+    with pytest.raises(ValueError, match="sr_crop"):
+        ImagenCascade.from_config({**TINY_IMAGEN, "sr_crop": 15})

@@ -13,11 +13,15 @@ from trilemma.train.loop import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_default_model_is_shipped_with_card_and_scores():
-    models = shipped_models()
-    assert DEFAULT_MODEL in models
-    folder = models[DEFAULT_MODEL]
+def test_default_model_is_shipped():
+    assert DEFAULT_MODEL in shipped_models()
+
+
+@pytest.mark.parametrize("name", sorted(shipped_models()))
+def test_shipped_model_has_card_and_scores(name):
+    folder = shipped_models()[name]
     assert (folder / "README.md").is_file()
+    assert (folder / "training_curve.png").is_file()
     info = model_info(folder)
     assert info["size_mb"] < 20
     scores = info["scores"]

@@ -10,11 +10,14 @@ from pathlib import Path
 
 
 def _classes() -> dict:
+    from trilemma.autoregressive.dalle import DalleTransformer
+    from trilemma.autoregressive.vqgan import VQTokenizer
     from trilemma.diffusion.autoencoder import KLAutoencoder
     from trilemma.diffusion.imagen import ImagenCascade
     from trilemma.diffusion.latent_diffusion import LatentDiffusion
 
-    return {"KLAutoencoder": KLAutoencoder, "LatentDiffusion": LatentDiffusion, "ImagenCascade": ImagenCascade}
+    return {"KLAutoencoder": KLAutoencoder, "LatentDiffusion": LatentDiffusion, "ImagenCascade": ImagenCascade,
+            "VQTokenizer": VQTokenizer, "DalleTransformer": DalleTransformer}
 
 
 def model_class(name: str):

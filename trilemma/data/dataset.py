@@ -46,8 +46,9 @@ class CachedLatentDataset(Dataset):
     paraphrase drawn from i, so epochs see new wordings of the same scenes.
     """
 
-    def __init__(self, latents: torch.Tensor, scenes: list, seed: int = 0, length: int = 2**31 - 1):
-        self.latents, self.scenes, self.seed, self.length = latents, scenes, seed, length
+    def __init__(self, latents: torch.Tensor, scenes: list, seed: int = 0, length: int = 2**31 - 1, key: str = "latents"):
+        # key: what the model reads them as ("latents"; "image_tokens" for the autoregressive family)
+        self.latents, self.scenes, self.seed, self.length, self.key = latents, scenes, seed, length, key
 
     def __len__(self) -> int:
         return self.length
@@ -55,4 +56,4 @@ class CachedLatentDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         k = index % len(self.scenes)
         caption = self.scenes[k].caption(np.random.default_rng([self.seed, index, 1]))
-        return {"latents": self.latents[k], "text": caption, "prompt": self.scenes[k].prompt}
+        return {self.key: self.latents[k], "text": caption, "prompt": self.scenes[k].prompt}

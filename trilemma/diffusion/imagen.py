@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from trilemma.diffusion.objective import denoising_loss
+from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
@@ -41,9 +41,17 @@ class ImagenConfig:
     unet_channels: tuple[tuple[int, ...], ...] = ((64, 128, 128), (32, 64, 128))
     layers_per_block: int = 1
     attention_head_dim: int = 8
+    # SR stages put attention (self and text cross-attention) only on their lowest `sr_attention_levels`
+    # resolutions, as Imagen's Efficient U-Net does: the low-resolution image already carries the layout,
+    # and attention at 64 px would cost most of the stage. None: every level but the first.
+    sr_attention_levels: int | None = None
+    # SR stages train on random crops of this size (Imagen trains its SR stages on crops): the U-Net is
+    # convolutional, so it samples whole images, and a 32 px crop of a 64 px stage costs a quarter.
+    sr_crop: int | None = None
     text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "architecture": "t5"})
     tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
     prediction_type: str = "v_prediction"
+    variance_type: str = "fixed_small"  # or "learned_range" (Improved DDPM): the U-Nets also output the variance
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
     condition_dropout: float = 0.1
@@ -65,6 +73,8 @@ class ImagenCascade(TextToImageModel):
 
     def __init__(self, config: ImagenConfig):
         super().__init__()
+        if config.variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"unknown variance_type {config.variance_type!r}; choose one of {', '.join(VARIANCE_TYPES)}")
         if len(config.unet_channels) != len(config.resolutions):
             raise ValueError("give one unet_channels entry per stage resolution")
         for name in ("max_train_aug_level", "sampling_aug_level"):
@@ -72,6 +82,11 @@ class ImagenCascade(TextToImageModel):
                 raise ValueError(f"{name} must lie in [0, 1], not {getattr(config, name)}")
         if any(b <= a for a, b in zip(config.resolutions, config.resolutions[1:])):
             raise ValueError(f"stage resolutions must increase, got {config.resolutions}")
+        if config.sr_crop is not None:
+            factor = 2 ** (max(len(c) for c in config.unet_channels[1:]) - 1) if n_sr(config) else 1
+            if config.sr_crop % factor or any(config.sr_crop > r for r in config.resolutions[1:]):
+                raise ValueError(f"sr_crop {config.sr_crop} must divide by {factor} (the SR U-Nets' down-sampling) "
+                                 f"and be no larger than an SR stage's resolution {config.resolutions[1:]}")
         self.config = config
         self.resolution = config.resolutions[-1]
         self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
@@ -89,16 +104,21 @@ class ImagenCascade(TextToImageModel):
             self.tokenize = self.tokenizer
         self.unets = nn.ModuleList(self._make_unet(k) for k in range(n))
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                                             prediction_type=config.prediction_type, clip_sample=False)
+                                             prediction_type=config.prediction_type, clip_sample=False,
+                                             variance_type=config.variance_type)
 
     def _make_unet(self, stage: int) -> UNet2DConditionModel:
         channels = tuple(self.config.unet_channels[stage])
         levels = len(channels)
         sr = stage > 0
+        attention = levels - 1
+        if sr and self.config.sr_attention_levels is not None:
+            attention = min(levels, self.config.sr_attention_levels)
         return UNet2DConditionModel(
-            sample_size=self.config.resolutions[stage], in_channels=6 if sr else 3, out_channels=3,
-            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
-            up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+            sample_size=self.config.resolutions[stage], in_channels=6 if sr else 3,
+            out_channels=6 if self.config.variance_type == "learned_range" else 3,
+            down_block_types=("DownBlock2D",) * (levels - attention) + ("CrossAttnDownBlock2D",) * attention,
+            up_block_types=("CrossAttnUpBlock2D",) * attention + ("UpBlock2D",) * (levels - attention),
             block_out_channels=channels, layers_per_block=self.config.layers_per_block,
             cross_attention_dim=self.text_encoders[stage].hidden_size, attention_head_dim=self.config.attention_head_dim,
             norm_num_groups=min(16, channels[0]),
@@ -193,8 +213,11 @@ class ImagenCascade(TextToImageModel):
             level = torch.rand(b, device=x0.device) * self.config.max_train_aug_level
             low_res = self.low_res_condition(stage, low, level, torch.randn_like(low))
             aug_t = self.aug_timestep(level) if self.config.noise_augmentation else torch.zeros(b, dtype=torch.long, device=x0.device)
+            if self.config.sr_crop is not None and self.config.sr_crop < size:
+                x0, low_res = _random_crops(self.config.sr_crop, x0, low_res)
             fn = lambda x, t: self.denoise(stage, x, t, states, mask, low_res, aug_t)  # noqa: E731
-        loss, mse = denoising_loss(self.noise_scheduler, fn, x0, self.config.prediction_type, self.config.min_snr_gamma)
+        loss, mse = denoising_loss(self.noise_scheduler, fn, x0, self.config.prediction_type, self.config.min_snr_gamma,
+                                   learned_variance=self.config.variance_type == "learned_range")
         return {"loss": loss, "mse": mse}
 
     # --- sampling ---------------------------------------------------------------
@@ -204,6 +227,15 @@ class ImagenCascade(TextToImageModel):
                  eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
                  sr_steps: int | None = None, stages: int | None = None):
         """Images from the last stage (or from the first `stages` stages), one per prompt."""
+        return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
+                                          progress, eta, thresholding, aug_level, sr_steps, stages))
+
+    @torch.no_grad()
+    def sample_tensors(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
+                       sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
+                       eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
+                       sr_steps: int | None = None, stages: int | None = None) -> torch.Tensor:
+        """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot)."""
         prompts = check_prompts(prompts)
         options = dict(steps=self.config.sampling_steps if steps is None else steps,
                        sr_steps=self.config.sr_sampling_steps if sr_steps is None else sr_steps,
@@ -218,11 +250,11 @@ class ImagenCascade(TextToImageModel):
             raise ValueError(f"the noise augmentation level must lie in [0, 1], not {options['aug_level']}")
         if not 1 <= options["stages"] <= len(self.config.resolutions):
             raise ValueError(f"stages must be between 1 and {len(self.config.resolutions)}")
-        images = []
+        chunks = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            images += to_pil(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **options))
-        return images
+            chunks.append(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **options))
+        return torch.cat(chunks)
 
     def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sampler, negative_prompt, eta, thresholding,
                  aug_level, stages, progress) -> torch.Tensor:
@@ -245,8 +277,21 @@ class ImagenCascade(TextToImageModel):
                            steps if stage == 0 else sr_steps, cond, uncond, guidance_scale, self.config.prediction_type,
                            thresholding=thresholding, percentile=self.config.threshold_percentile, eta=eta,
                            progress=progress, device=device)
-            image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range
+            if stage < stages - 1:
+                image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range
         return image
+
+
+def n_sr(config: ImagenConfig) -> int:
+    return len(config.resolutions) - 1
+
+
+def _random_crops(size: int, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One random size x size window per sample, the same window in each of `images` (all of one shape)."""
+    b, _, h, w = images[0].shape
+    top = torch.randint(0, h - size + 1, (b,)).tolist()
+    left = torch.randint(0, w - size + 1, (b,)).tolist()
+    return tuple(torch.stack([im[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(zip(top, left))]) for im in images)
 
 
 def _derive_seed(seed: int, stage: int, purpose: int) -> int:

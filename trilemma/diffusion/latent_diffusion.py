@@ -11,7 +11,6 @@ schedulers in the explicit loop of `trilemma.diffusion.sampling`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.model import TextToImageModel, check_prompts, to_pil
-from trilemma.progress import progress as progress_bar
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -113,6 +111,7 @@ class LatentDiffusion(TextToImageModel):
 
     def prepare_training(self, config, device):
         """Load the trained autoencoder, encode a cache of training latents once, set the latent scale."""
+        from trilemma.data.cache import cached_encodings
         from trilemma.data.dataset import CachedLatentDataset, ShapesDataset
 
         source = config.init.get("autoencoder")
@@ -128,34 +127,10 @@ class LatentDiffusion(TextToImageModel):
         if config.data.get("resolution", self.resolution) != self.resolution:
             raise ValueError(f"data resolution {config.data['resolution']} differs from the model's {self.resolution}")
         data = ShapesDataset(split, self.resolution, config.seed, paraphrase=False)
-        latents = self._cached_latents(data, n, Path(config.output_dir) / "latent_cache", device)
+        latents = cached_encodings(self.autoencoder, self.autoencoder.encode, data, n, Path(config.output_dir) / "latent_cache",
+                                   device, "latents")
         self.config.latent_scale = float(1.0 / latents.std())
         return CachedLatentDataset(latents, [data.scene(i) for i in range(n)], seed=config.seed)
-
-    def _cached_latents(self, data, n: int, folder: Path, device) -> torch.Tensor:
-        """Encode the first n scenes once; a resumed run reads them back instead of encoding again."""
-        from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-
-        key = {"family": "cache", "model_class": "latents", "split": data.split, "seed": data.seed, "n": n,
-               "autoencoder": hashlib.sha256(b"".join(
-                   v.detach().cpu().numpy().tobytes() for v in self.autoencoder.state_dict().values())).hexdigest()}
-        try:
-            config, tensors = load_checkpoint(folder)
-            if {k: config.get(k) for k in key} == key:
-                return tensors["latents"]
-        except CheckpointError:
-            pass
-        latents = []
-        with torch.no_grad():
-            for start in progress_bar(range(0, n, 256), desc="encoding latents", leave=False):
-                x = torch.stack([data[i]["pixel_values"] for i in range(start, min(n, start + 256))]).to(device)
-                latents.append(self.autoencoder.encode(x).cpu())
-        latents = torch.cat(latents)
-        try:
-            save_checkpoint(folder, key, {"latents": latents})
-        except OSError:
-            pass  # a cache is an optimization; training goes on without it
-        return latents
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.unet.parameters()).device

@@ -40,7 +40,9 @@ def make_sampler(name: str, train_scheduler_config) -> DDPMScheduler | DDIMSched
         ddim.alphas_cumprod = ddim.alphas_cumprod.double()
         ddim.final_alpha_cumprod = torch.as_tensor(ddim.final_alpha_cumprod, dtype=torch.float64)
         return ddim
-    return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2, **common)
+    # Learned variances only change DDPM's ancestral noise; the loop hands DPM-Solver the mean part alone.
+    return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
+                                                   variance_type=None, **common)
 
 
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], device) -> torch.Tensor:
@@ -70,11 +72,20 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
     for t in progress_bar(scheduler.timesteps, enabled=progress, leave=False, desc="denoising"):
         inp = torch.cat([x, x]) if use_cfg else x
         out = denoise(scheduler.scale_model_input(inp, t), t, states, mask)
+        var_values = None
+        if out.shape[1] == 2 * x.shape[1]:  # a learned variance (Improved DDPM) rides in the second half
+            out, var_values = out.split(x.shape[1], dim=1)
         if use_cfg:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            # Guidance moves the mean; the variance is the conditional branch's, as in GLIDE.
+            var_values = var_values.chunk(2)[1] if var_values is not None else None
         if thresholding != "none":
             out = thresholded_output(out, x, alphas_cumprod[t].view(1, *[1] * (x.dim() - 1)), prediction_type,
                                      thresholding, percentile)
+        if var_values is not None and getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range") \
+                and isinstance(scheduler, DDPMScheduler):
+            x = scheduler.step(torch.cat([out, var_values], dim=1), t, x, **step_kwargs).prev_sample.to(out.dtype)
+            continue
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample.to(out.dtype)
     return x

@@ -1,0 +1,90 @@
+"""What each cascade stage costs, to choose the base size and the SR crop by measuring.
+
+    python bench/imagen_stage_cost.py --out reports/imagen-stage-cost.json
+
+Times, in one run, a training step (batch 64) of: the shapes-imagen base
+U-Net at 16 px and the same U-Net at 32 px; the SR stage on whole 64 px
+images and on 32 px crops. Then sampling (batch 16, guidance) of each base
+and of the SR stage. Medians of several repeats; ratios against the 16 px
+base measured in the same run.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from trilemma.diffusion.imagen import ImagenCascade
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shapes-imagen.json"
+PROMPT = "a red circle above a blue square"
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build(**overrides) -> ImagenCascade:
+    config = dict(json.loads(RECIPE.read_text())["model"], **overrides)
+    torch.manual_seed(0)
+    return ImagenCascade.from_config(config)
+
+
+def train_cost(model: ImagenCascade, stage: int, repeats: int) -> float:
+    opt = model.configure_optimizers(1e-4)[f"stage{stage}"]
+    batch = {"pixel_values": torch.rand(64, 3, 64, 64) * 2 - 1, "text": [PROMPT] * 64}
+    model.train()
+
+    def step():
+        opt.zero_grad()
+        model.training_step(batch, f"stage{stage}")["loss"].backward()
+        opt.step()
+
+    return 64 / median_seconds(step, repeats)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    recipe = build()
+    base32 = build(resolutions=[32, 64])
+    full_sr = build(sr_crop=None)
+    params = lambda m, s: sum(p.numel() for p in m.unets[s].parameters())  # noqa: E731
+    rows = {
+        "base 16 px": {"train_img_per_s": train_cost(recipe, 0, args.repeats), "unet_parameters": params(recipe, 0)},
+        "base 32 px": {"train_img_per_s": train_cost(base32, 0, args.repeats), "unet_parameters": params(base32, 0)},
+        "SR 16->64, 32 px crops": {"train_img_per_s": train_cost(recipe, 1, args.repeats), "unet_parameters": params(recipe, 1)},
+        "SR 16->64, whole 64 px": {"train_img_per_s": train_cost(full_sr, 1, args.repeats), "unet_parameters": params(full_sr, 1)},
+    }
+    recipe.eval(), base32.eval()
+    prompts = [PROMPT] * 16
+    rows["base 16 px"]["sample_img_per_s"] = 16 / median_seconds(lambda: recipe.generate(prompts, stages=1), 1)
+    rows["base 32 px"]["sample_img_per_s"] = 16 / median_seconds(lambda: base32.generate(prompts, stages=1), 1)
+    rows["cascade 16 -> 64"] = {"sample_img_per_s": 16 / median_seconds(lambda: recipe.generate(prompts), 1)}
+    ref = rows["base 16 px"]
+    for row in rows.values():
+        for key in ("train_img_per_s", "sample_img_per_s"):
+            if key in row:
+                row[key] = round(row[key], 2)
+                row[key.replace("img_per_s", "speed_vs_base16")] = round(row[key] / ref[key], 3)
+    report = {"recipe": str(RECIPE.name), "batch_train": 64, "batch_sample": 16, "threads": 2, "rows": rows}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
