@@ -78,9 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--thresholding", choices=["none", "static", "dynamic"], help="pixel models: Imagen's x0 thresholding")
     gen.add_argument("--aug-level", type=float, help="cascades: noise level of the SR stages' low-resolution input")
     gen.add_argument("--sr-steps", type=_positive(int), help="cascades: sampling steps of each SR stage")
+    gen.add_argument("--temperature", type=float, help="autoregressive models: sampling temperature")
+    gen.add_argument("--top-k", type=_positive(int), help="autoregressive models: keep the k likeliest tokens")
+    gen.add_argument("--top-p", type=float, help="autoregressive models: nucleus sampling mass")
+    gen.add_argument("--truncation", type=float, help="GANs: draw z from a normal truncated to [-t, t]")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--batch-size", type=_positive(int), default=50)
     gen.add_argument("--out", default="out")
+
+    it = sub.add_parser("interpolate", help="GANs: a strip of images from one prompt (and z) to another")
+    it.add_argument("prompt_a")
+    it.add_argument("prompt_b")
+    it.add_argument("--model", required=True)
+    it.add_argument("--steps", type=_positive(int), default=8)
+    it.add_argument("--seed", type=int, default=0, help="z of the first end; the second end's z is seed + 1")
+    it.add_argument("--mode", choices=["both", "text", "z"], default="both",
+                    help="move the sentence embedding, z (spherically), or both")
+    it.add_argument("--truncation", type=float)
+    it.add_argument("--out", default="out")
 
     sc = sub.add_parser("score", help="score an image folder (metadata.jsonl) with the Shapes scorer")
     sc.add_argument("folder")
@@ -155,7 +170,8 @@ def cmd_generate(args) -> None:
         raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not draw images from text")
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
                                  "eta": args.eta, "thresholding": args.thresholding, "aug_level": args.aug_level,
-                                 "sr_steps": args.sr_steps}.items() if v is not None}
+                                 "sr_steps": args.sr_steps, "temperature": args.temperature, "top_k": args.top_k,
+                                 "top_p": args.top_p, "truncation": args.truncation}.items() if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
     accepted = inspect.signature(model.generate).parameters
@@ -180,6 +196,24 @@ def cmd_generate(args) -> None:
     shown = images[:64]
     image_grid(shown, [r["text"] for r in rows[:64]], cols=min(8, len(shown))).save(out / "grid.png")
     print(f"wrote {len(rows)} images, metadata.jsonl and grid.png to {out}")
+
+
+def cmd_interpolate(args) -> None:
+    import trilemma
+    from trilemma.data.export import ensure_writable
+    from trilemma.grid import image_grid
+
+    model = trilemma.load(args.model)
+    if not hasattr(model, "interpolate"):
+        raise ValueError(f"{args.model} ({type(model).__name__}) has no latent space to interpolate; interpolate takes a GAN")
+    out = ensure_writable(args.out)
+    images = model.interpolate(args.prompt_a, args.prompt_b, steps=args.steps, seed=args.seed, mode=args.mode,
+                               truncation=args.truncation)
+    for k, image in enumerate(images):
+        image.save(out / f"{k:03d}.png")
+    captions = [args.prompt_a] + [""] * (len(images) - 2) + [args.prompt_b]
+    image_grid(images, captions, cols=len(images)).save(out / "strip.png")
+    print(f"wrote {len(images)} images and strip.png to {out}")
 
 
 def cmd_score(args) -> None:
@@ -224,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     from trilemma.data.shapes import PromptError
     from trilemma.train.loop import TrainingDiverged
 
-    handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models}
+    handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models,
+                "interpolate": cmd_interpolate}
     try:
         handlers[args.command](args)
     except (CheckpointError, PromptError, TrainingDiverged, ValueError, OSError, KeyError) as e:

@@ -15,9 +15,11 @@ def _classes() -> dict:
     from trilemma.diffusion.autoencoder import KLAutoencoder
     from trilemma.diffusion.imagen import ImagenCascade
     from trilemma.diffusion.latent_diffusion import LatentDiffusion
+    from trilemma.gan.dfgan import DFGAN
 
     return {"KLAutoencoder": KLAutoencoder, "LatentDiffusion": LatentDiffusion, "ImagenCascade": ImagenCascade,
-            "VQTokenizer": VQTokenizer, "DalleTransformer": DalleTransformer}
+            "VQTokenizer": VQTokenizer, "DalleTransformer": DalleTransformer,
+            "DFGAN": DFGAN}
 
 
 def model_class(name: str):

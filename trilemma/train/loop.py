@@ -72,6 +72,7 @@ class TrainConfig:
     validation_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_VALIDATION_PROMPTS))
     mixed_precision: str = "no"
     max_minutes: float | None = None  # stop (and save) after this much training time
+    max_loss: float | None = None  # a loss above this counts as diverged (exploding), like a NaN
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
@@ -195,9 +196,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 out_losses = ddp_model(data, name)
                 loss = out_losses["loss"]
                 # Every process must agree to stop, or the others wait in the next all-reduce forever.
-                if _any_process(accelerator, not torch.isfinite(loss).item()):
+                exploded = config.max_loss is not None and loss.item() > config.max_loss
+                if _any_process(accelerator, not torch.isfinite(loss).item() or exploded):
                     raise TrainingDiverged(
-                        f"loss of '{name}' is not finite at step {step}; training diverged. "
+                        f"loss of '{name}' is {loss.item():.4g} at step {step} (not finite, or above max_loss "
+                        f"{config.max_loss}); training diverged. "
                         f"The last good checkpoint is {last_good or 'none'}: lower the learning rate and resume."
                     )
                 accelerator.backward(loss)

@@ -1,0 +1,93 @@
+"""DF-GAN: deep fusion, one-way discriminator, MA-GP, divergence stop, interpolation and truncation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import trilemma
+from trilemma.gan.dfgan import DFGAN, Affine
+
+TINY_GAN = {"resolution": 32, "z_dim": 16, "ngf": 8, "ndf": 8, "affine_hidden": 16,
+            "text_encoder": {"hidden_size": 32, "num_layers": 1, "num_heads": 2}}
+
+
+def test_fusion_starts_as_the_identity_and_generator_draws_its_resolution():
+    affine = Affine(10, 4, 8)
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(affine(x, torch.randn(2, 10)), x)
+    torch.manual_seed(0)
+    model = DFGAN.from_config(TINY_GAN).eval()
+    images = model.generate(["a red circle", "two blue squares"], seed=0)
+    assert [im.size for im in images] == [(32, 32)] * 2
+    again = model.generate(["two blue squares"], seed=1)  # image i uses seed + i
+    assert np.array_equal(np.asarray(images[1]), np.asarray(again[0]))
+
+
+def test_matching_aware_gradient_penalty_is_k_times_mean_norm_to_the_p():
+    torch.manual_seed(0)
+    model = DFGAN.from_config(TINY_GAN)
+    real = (torch.rand(3, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    sentence = torch.randn(3, 32, requires_grad=True)
+    logits = model.discriminator.logits(model.discriminator.features(real), sentence)
+    gp = model.matching_aware_gradient_penalty(real, sentence, logits)
+    gi, gs = torch.autograd.grad(logits.sum(), (real, sentence), retain_graph=True)
+    norms = torch.cat([gi.flatten(1), gs.flatten(1)], 1).norm(dim=1)
+    assert torch.allclose(gp, 2.0 * norms.pow(6).mean())
+    gp.backward()  # the penalty trains the discriminator (second-order gradients)
+    assert model.discriminator.conv_img.weight.grad.abs().sum() > 0
+
+
+def test_losses_train_the_right_player():
+    torch.manual_seed(0)
+    model = DFGAN.from_config(TINY_GAN).train()
+    opts = model.configure_optimizers(1e-4)
+    assert list(opts) == ["discriminator", "generator"]
+    assert opts["discriminator"].param_groups[0]["lr"] == pytest.approx(4e-4)
+    assert opts["generator"].param_groups[0]["betas"] == (0.0, 0.9)
+    batch = {"pixel_values": torch.rand(4, 3, 32, 32) * 2 - 1, "text": ["a red circle", "two blue squares", "a green star", "a cyan square"]}
+    out = model.training_step(batch, "discriminator")
+    out["loss"].backward()
+    assert {"d_real", "d_fake", "d_mismatch", "ma_gp"} <= set(out)
+    assert all(p.grad is None for p in model.generator.parameters())
+    assert all(p.grad is None for p in model.text_encoder.parameters())  # frozen
+    model.zero_grad()
+    model.training_step(batch, "generator")["loss"].backward()
+    assert model.generator.fc.weight.grad.abs().sum() > 0
+
+
+def test_gan_trains_through_the_loop_and_divergence_stops_it(tmp_path):
+    from trilemma.train.loop import TrainConfig, TrainingDiverged, train
+
+    common = dict(model_class="DFGAN", model=TINY_GAN, data={"resolution": 32}, batch_size=2, learning_rate=1e-4,
+                  warmup_steps=1, sample_every=0, log_every=1)
+    final = train(TrainConfig(**common, output_dir=str(tmp_path / "run"), steps=2, checkpoint_every=2))
+    row = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert {"discriminator/ma_gp", "discriminator/d_real", "generator/g"} <= set(row)
+    assert trilemma.load(final).generate(["a red circle"])[0].size == (32, 32)
+    # An exploding loss stops the run with a clear message, the last good checkpoint kept.
+    with pytest.raises(TrainingDiverged, match="above max_loss"):
+        train(TrainConfig(**common, output_dir=str(tmp_path / "bad"), steps=4, checkpoint_every=1, max_loss=-1.0))
+
+
+def test_interpolation_ends_at_the_two_prompts_and_truncation_bounds_z(tmp_path):
+    torch.manual_seed(0)
+    model = DFGAN.from_config(TINY_GAN).eval()
+    strip = model.interpolate("a red circle", "a blue square", steps=5, seed=7)
+    assert len(strip) == 5
+    assert np.array_equal(np.asarray(strip[0]), np.asarray(model.generate(["a red circle"], seed=7)[0]))
+    assert np.array_equal(np.asarray(strip[-1]), np.asarray(model.generate(["a blue square"], seed=8)[0]))
+    for m in model.modules():  # untrained fusion is the identity: give the text a say, as training does
+        if isinstance(m, Affine):
+            torch.nn.init.normal_(m.beta[2].weight, std=0.5)
+    text_only = model.interpolate("a red circle", "a blue square", steps=3, seed=7, mode="text")
+    assert not np.array_equal(np.asarray(text_only[0]), np.asarray(text_only[-1]))
+    z = model.noise(list(range(20)), truncation=0.5)
+    assert z.abs().max() <= 0.5 and z.std() > 0.2
+    model.save_pretrained(tmp_path / "gan")
+    from trilemma.cli import main
+
+    assert main(["interpolate", "a red circle", "a blue square", "--model", str(tmp_path / "gan"), "--steps", "4",
+                 "--out", str(tmp_path / "strip")]) == 0
+    assert (tmp_path / "strip" / "strip.png").is_file() and len(list((tmp_path / "strip").glob("0*.png"))) == 4
