@@ -114,11 +114,21 @@ def test_sr_stage_trains_on_crops_and_samples_whole_images():
     torch.manual_seed(0)
     model = ImagenCascade.from_config({**TINY_IMAGEN, "sr_crop": 16, "sr_attention_levels": 1})
     assert model.unets[1].config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D")
+    # Crops: the SR stage keeps text cross-attention, no self-attention (which would not carry over to whole images).
+    assert model.unets[1].config.only_cross_attention and model.unets[1].config.mid_block_type == "UNetMidBlock2D"
     seen = []
     hook = model.unets[1].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-1]))
     model.training_step({"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "text": ["a red circle"] * 2}, "stage1")
     hook.remove()
     assert seen == [16]
+    seen.clear()
+    model.config.sr_batch_size = 1  # the SR stage trains on the first sample of each batch only
+    hook = model.unets[1].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    model.training_step({"pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1, "text": ["a red circle"] * 2}, "stage1")
+    hook.remove()
+    assert seen == [1]
+    assert model.generate(["a red circle"], seed=0, sr_guidance_scale=1.0)[0].tobytes() != \
+        model.generate(["a red circle"], seed=0)[0].tobytes()
     assert model.generate(["a red circle"], seed=0)[0].size == (32, 32)
     with pytest.raises(ValueError, match="sr_crop"):
         ImagenCascade.from_config({**TINY_IMAGEN, "sr_crop": 15})

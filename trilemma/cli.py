@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--truncation", type=float)
     it.add_argument("--out", default="out")
 
+    ev = sub.add_parser("evaluate", help="alignment, FID/KID, precision/recall/density/coverage and cost of one model")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--split", default="test", choices=["train", "test", "test-novel"])
+    ev.add_argument("--n", type=_positive(int), default=500)
+    ev.add_argument("--out", help="folder for report.json and report.md (default reports/eval/MODEL)")
+    ev.add_argument("--cache", default="reports/eval-cache", help="generated images are kept here and reused")
+    ev.add_argument("--inception-weights", metavar="PATH", help="FID on Inception-v3 features from this weights file")
+
+    cm = sub.add_parser("compare", help="evaluate several models and write one table, plots and a side-by-side grid")
+    cm.add_argument("models", nargs="+")
+    cm.add_argument("--split", default="test", choices=["train", "test", "test-novel"])
+    cm.add_argument("--n", type=_positive(int), default=500)
+    cm.add_argument("--out", default="reports/compare")
+    cm.add_argument("--cache", default="reports/eval-cache")
+    cm.add_argument("--fresh", action="store_true", help="evaluate again even where a report for the same split and n exists")
+
     sc = sub.add_parser("score", help="score an image folder (metadata.jsonl) with the Shapes scorer")
     sc.add_argument("folder")
     sc.add_argument("--json", action="store_true", help="print one JSON object")
@@ -216,6 +232,23 @@ def cmd_interpolate(args) -> None:
     print(f"wrote {len(images)} images and strip.png to {out}")
 
 
+def cmd_evaluate(args) -> None:
+    from trilemma.eval.evaluate import evaluate, report_markdown
+
+    out = Path(args.out or Path("reports/eval") / Path(args.model).name)
+    report = evaluate(args.model, args.split, args.n, out, Path(args.cache), args.inception_weights, progress=sys.stderr.isatty())
+    print(report_markdown(report))
+    print(f"(report.json and report.md in {out})")
+
+
+def cmd_compare(args) -> None:
+    from trilemma.eval.evaluate import compare
+
+    path = compare(args.models, Path(args.out), args.split, args.n, Path(args.cache), reuse=not args.fresh,
+                   progress=sys.stderr.isatty())
+    print(path.read_text())
+
+
 def cmd_score(args) -> None:
     from trilemma.checkpoint import write_json
     from trilemma.eval.folder import format_summary, score_folder
@@ -259,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     from trilemma.train.loop import TrainingDiverged
 
     handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models,
-                "interpolate": cmd_interpolate}
+                "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "compare": cmd_compare}
     try:
         handlers[args.command](args)
     except (CheckpointError, PromptError, TrainingDiverged, ValueError, OSError, KeyError) as e:

@@ -15,11 +15,12 @@ def _classes() -> dict:
     from trilemma.diffusion.autoencoder import KLAutoencoder
     from trilemma.diffusion.imagen import ImagenCascade
     from trilemma.diffusion.latent_diffusion import LatentDiffusion
+    from trilemma.eval.features import ShapesFeatureNet
     from trilemma.gan.dfgan import DFGAN
 
     return {"KLAutoencoder": KLAutoencoder, "LatentDiffusion": LatentDiffusion, "ImagenCascade": ImagenCascade,
             "VQTokenizer": VQTokenizer, "DalleTransformer": DalleTransformer,
-            "DFGAN": DFGAN}
+            "DFGAN": DFGAN, "ShapesFeatureNet": ShapesFeatureNet}
 
 
 def model_class(name: str):
@@ -30,7 +31,7 @@ def model_class(name: str):
 
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "shapes-ldm"
+DEFAULT_MODEL = "shapes-ldm-f8"
 
 
 def shipped_models() -> dict[str, Path]:

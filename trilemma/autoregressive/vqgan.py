@@ -85,12 +85,12 @@ class Codebook(nn.Module):
         idx = self.codes(flat.detach())
         onehot = F.one_hot(idx, self.size).type(flat.dtype)
         counts = onehot.sum(0)
-        if self.training:
-            self._update(flat.detach(), onehot, counts)
-        q = self.embedding[idx]
+        q = self.embedding[idx]  # read before the update, so idx and q agree even for a code restarted now
         loss = self.beta * F.mse_loss(flat, q.detach())
         if not self.ema:
             loss = loss + F.mse_loss(q, flat.detach())
+        if self.training:
+            self._update(flat.detach(), onehot, counts)
         q = flat + (q - flat).detach()
         probs = counts / counts.sum()
         stats = {"perplexity": torch.exp(-(probs * (probs + 1e-10).log()).sum()), "codes_used": (counts > 0).float().mean()}
@@ -239,10 +239,14 @@ class VQTokenizer(TrainableModel):
         return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach() * self.config.disc_weight
 
     def _discriminator_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        # taming's adopt_weight: both players start after the warm-up together; a discriminator trained alone
+        # against a generator that ignores it would start the game saturated. Until then, a zero loss.
+        if not self.gan_active:
+            zero = sum(p.sum() for p in self.discriminator.parameters()) * 0.0
+            return {"loss": zero, "d_real": zero.detach(), "d_fake": zero.detach()}
         fake = self._last if self._last is not None and self._last.shape == x.shape else self.reconstruct(x)
         real_logits, fake_logits = self.discriminator(x), self.discriminator(fake)
         hinge = 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
-        # Before the warm-up ends the discriminator trains (so it is ready) but the generator ignores it.
         return {"loss": hinge, "d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
 
     def preview(self, prompts: list[str], seed: int = 0):

@@ -48,6 +48,9 @@ class ImagenConfig:
     # SR stages train on random crops of this size (Imagen trains its SR stages on crops): the U-Net is
     # convolutional, so it samples whole images, and a 32 px crop of a 64 px stage costs a quarter.
     sr_crop: int | None = None
+    # SR stages train on the first `sr_batch_size` samples of each batch (None: all of it): on a CPU the
+    # 64 px stage costs several times the base per image, and it learns its easier task from fewer.
+    sr_batch_size: int | None = None
     text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "architecture": "t5"})
     tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
     prediction_type: str = "v_prediction"
@@ -64,6 +67,7 @@ class ImagenConfig:
     sampling_steps: int = 25
     sr_sampling_steps: int = 15
     guidance_scale: float = 3.0
+    sr_guidance_scale: float | None = None  # None: the base's guidance_scale
     thresholding: str = "dynamic"
     threshold_percentile: float = 0.995
 
@@ -124,6 +128,9 @@ class ImagenCascade(TextToImageModel):
             norm_num_groups=min(16, channels[0]),
             # SR stages: the noise-augmentation level is a second timestep-like input.
             class_embed_type="timestep" if sr else None,
+            # Trained on crops, an SR stage keeps text cross-attention but drops self-attention (Imagen does
+            # the same): attention learned over a crop's tokens would not carry over to the whole image's.
+            **({"only_cross_attention": True, "mid_block_type": "UNetMidBlock2D"} if sr and self.config.sr_crop else {}),
         )
 
     @property
@@ -198,13 +205,15 @@ class ImagenCascade(TextToImageModel):
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         stage = int(optimizer_name.removeprefix("stage"))
-        pixels = batch["pixel_values"]
+        pixels, texts = batch["pixel_values"], batch["text"]
+        if stage > 0 and self.config.sr_batch_size:
+            pixels, texts = pixels[:self.config.sr_batch_size], texts[:self.config.sr_batch_size]
         size = self.config.resolutions[stage]
         # Area down-sampling of the 64 px render is the anti-aliased image at this stage's size.
         x0 = F.interpolate(pixels, size=(size, size), mode="area") if size != pixels.shape[-1] else pixels
         b = x0.shape[0]
         drop = torch.rand(b) < self.config.condition_dropout
-        states, mask = self.encode_text(stage, ["" if d else t for d, t in zip(drop.tolist(), batch["text"])])
+        states, mask = self.encode_text(stage, ["" if d else t for d, t in zip(drop.tolist(), texts)])
         if stage == 0:
             fn = lambda x, t: self.denoise(0, x, t, states, mask)  # noqa: E731
         else:
@@ -225,21 +234,25 @@ class ImagenCascade(TextToImageModel):
     def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
                  eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
-                 sr_steps: int | None = None, stages: int | None = None):
+                 sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None):
         """Images from the last stage (or from the first `stages` stages), one per prompt."""
         return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
-                                          progress, eta, thresholding, aug_level, sr_steps, stages))
+                                          progress, eta, thresholding, aug_level, sr_steps, stages, sr_guidance_scale))
 
     @torch.no_grad()
     def sample_tensors(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                        sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
                        eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
-                       sr_steps: int | None = None, stages: int | None = None) -> torch.Tensor:
+                       sr_steps: int | None = None, stages: int | None = None,
+                       sr_guidance_scale: float | None = None) -> torch.Tensor:
         """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot)."""
         prompts = check_prompts(prompts)
         options = dict(steps=self.config.sampling_steps if steps is None else steps,
                        sr_steps=self.config.sr_sampling_steps if sr_steps is None else sr_steps,
                        guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+                       sr_guidance_scale=sr_guidance_scale if sr_guidance_scale is not None else (
+                           self.config.sr_guidance_scale if self.config.sr_guidance_scale is not None
+                           else (self.config.guidance_scale if guidance_scale is None else guidance_scale)),
                        sampler=sampler or self.config.sampler, negative_prompt=negative_prompt, eta=eta,
                        thresholding=self.config.thresholding if thresholding is None else thresholding,
                        aug_level=self.config.sampling_aug_level if aug_level is None else aug_level,
@@ -256,10 +269,11 @@ class ImagenCascade(TextToImageModel):
             chunks.append(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **options))
         return torch.cat(chunks)
 
-    def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sampler, negative_prompt, eta, thresholding,
-                 aug_level, stages, progress) -> torch.Tensor:
-        image = None
+    def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sr_guidance_scale, sampler, negative_prompt, eta,
+                 thresholding, aug_level, stages, progress) -> torch.Tensor:
+        image, base_scale = None, guidance_scale
         for stage in range(stages):
+            guidance_scale = base_scale if stage == 0 else sr_guidance_scale
             device = next(self.unets[stage].parameters()).device
             size = self.config.resolutions[stage]
             cond = self.encode_text(stage, prompts)

@@ -69,6 +69,7 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
     if isinstance(scheduler, DDIMScheduler):
         step_kwargs["eta"] = eta
     alphas_cumprod = scheduler.alphas_cumprod.to(x.device, torch.float32)
+    last = scheduler.timesteps[-1]
     for t in progress_bar(scheduler.timesteps, enabled=progress, leave=False, desc="denoising"):
         inp = torch.cat([x, x]) if use_cfg else x
         out = denoise(scheduler.scale_model_input(inp, t), t, states, mask)
@@ -83,8 +84,13 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
         if thresholding != "none":
             out = thresholded_output(out, x, alphas_cumprod[t].view(1, *[1] * (x.dim() - 1)), prediction_type,
                                      thresholding, percentile)
-        if var_values is not None and getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range") \
+        if var_values is not None and getattr(scheduler.config, "variance_type", None) == "learned_range" \
                 and isinstance(scheduler, DDPMScheduler):
+            if t == last:
+                # The last step goes to x0 and adds no noise (Improved DDPM). Trailing spacing ends above t = 0,
+                # where diffusers would add noise from a variance the network never learned for that jump:
+                # v = -1 selects the posterior variance, which is 0 (1e-20) on the final step.
+                var_values = torch.full_like(var_values, -1.0)
             x = scheduler.step(torch.cat([out, var_values], dim=1), t, x, **step_kwargs).prev_sample.to(out.dtype)
             continue
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample.to(out.dtype)

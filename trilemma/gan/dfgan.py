@@ -228,6 +228,9 @@ class DFGAN(TextToImageModel):
             encoder = donor.text_encoder if hasattr(donor, "text_encoder") else donor.text_encoders[0]
             if not isinstance(encoder, TransformerTextEncoder) or donor.tokenizer.to_config() != self.tokenizer.to_config():
                 raise ValueError(f"{source}: its text encoder or tokenizer is not a trained transformer of this project's vocabulary")
+            if encoder.hidden_size != self.text_encoder.hidden_size:
+                raise ValueError(f"{source}: its text encoder is {encoder.hidden_size} wide, but this GAN was built for "
+                                 f"{self.text_encoder.hidden_size}; set the model's text_encoder hidden_size to match")
             self.config.text_encoder = {k: v for k, v in asdict(encoder.config).items() if k not in ("vocab_size", "max_length")}
             self.text_encoder = encoder.requires_grad_(False).eval()
         return ShapesDataset(config.data.get("split", "train"), self.resolution, config.seed)

@@ -1,0 +1,246 @@
+"""`trilemma evaluate` and `trilemma compare`: every family measured on one table.
+
+evaluate: for one model, the first N canonical prompts of a split, one sample each (seed = index):
+- alignment: the Shapes scorer's pass rate per category, seen and held-out pairs;
+- fidelity and diversity: FID, KID, precision, recall, density and coverage against renders of
+  the same N scenes, on the shipped Shapes feature network (or Inception, given its weights);
+- cost: parameters, seconds per image and images per second at batch 1 and at the best batch
+  (medians of several runs), network evaluations per image (counted by hooks, not computed from
+  settings), peak memory, and the training time the model card records.
+Generated images and features are cached (keyed by the model's weights and the options), so a rerun
+only redoes what changed.
+
+compare: evaluate (or read the cached report of) each model, then one markdown table, three plots
+(pass rate and FID against images per second, precision against recall) and a side-by-side grid of
+every model's samples for the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from trilemma.checkpoint import write_json
+from trilemma.data.export import test_prompts
+from trilemma.data.shapes import parse_prompt, render, sample_scene
+from trilemma.eval.scorer import score_image, summarize
+from trilemma.progress import progress as progress_bar
+
+# The networks whose forward passes count as function evaluations (the VAE/VQ decoders do not).
+_CORE = ("UNet2DConditionModel", "GPT2LMHeadModel", "Generator")
+BATCHES = (1, 8, 32, 64)
+
+
+def model_key(model, name: str) -> str:
+    """Short hash of the weights and config: the cache key of a model's samples."""
+    h = hashlib.sha256(json.dumps(model.to_config(), sort_keys=True, default=str).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().numpy().tobytes()[:4096])
+    return f"{Path(name).name}-{h.hexdigest()[:12]}"
+
+
+def cached_samples(model, name: str, split: str, n: int, cache: Path, batch_size: int = 50, progress: bool = True,
+                   **options) -> tuple[list[str], list[Image.Image]]:
+    prompts = test_prompts(split, n)
+    folder = cache / model_key(model, name) / f"{split}-{json.dumps(options, sort_keys=True)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for start in progress_bar(range(0, n, batch_size), desc=f"{Path(name).name} {split}", enabled=progress, leave=False):
+        paths = [folder / f"{i:06d}.png" for i in range(start, min(n, start + batch_size))]
+        if all(p.exists() for p in paths):
+            images += [Image.open(p).convert("RGB") for p in paths]
+            continue
+        batch = model.generate(prompts[start:start + len(paths)], seed=start, **options)
+        for p, im in zip(paths, batch):
+            im.save(p)
+        images += batch
+    return prompts, images
+
+
+def real_renders(split: str, n: int, resolution: int = 64) -> list[Image.Image]:
+    return [render(sample_scene(split, i), resolution) for i in range(n)]
+
+
+class EvaluationCounter:
+    """Counts rows through the core networks: per image, that is the network evaluations (NFE)."""
+
+    def __init__(self, model):
+        self.rows, self.handles = 0, []
+        for module in model.modules():
+            if type(module).__name__ in _CORE:
+                self.handles.append(module.register_forward_hook(self._hook))
+
+    def _hook(self, module, args, kwargs_or_out, *rest):
+        x = args[0] if args else None
+        if torch.is_tensor(x):
+            self.rows += x.shape[0]
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def measure_cost(model, prompt: str = "a red circle to the left of a blue square", repeats: int = 3) -> dict:
+    torch.manual_seed(0)
+    counter = EvaluationCounter(model)
+    model.generate([prompt], seed=0)
+    counter.close()
+    nfe = counter.rows
+    rates = {}
+    for b in BATCHES:
+        times = []
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            model.generate([prompt] * b, seed=r)
+            if r:
+                times.append(time.perf_counter() - t0)
+        rates[b] = b / statistics.median(times)
+    best = max(rates, key=rates.get)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return {"parameters": model.num_parameters(), "seconds_per_image_batch1": round(1 / rates[1], 4),
+            "images_per_second_batch1": round(rates[1], 3), "best_batch": best,
+            "images_per_second_best": round(rates[best], 3), "images_per_second_by_batch": {str(k): round(v, 3) for k, v in rates.items()},
+            "function_evaluations_per_image": nfe,
+            "peak_memory_mib": round(peak, 1), "peak_memory_kind": "GPU allocated" if torch.cuda.is_available() else "process peak RSS"}
+
+
+def training_minutes(name: str) -> float | None:
+    from trilemma.registry import shipped_models
+
+    folder = shipped_models().get(name, Path(name))
+    for file, key in (("scores.json", "training_minutes"), ("training.json", "train_seconds")):
+        path = Path(folder) / file
+        if path.is_file():
+            value = json.loads(path.read_text()).get(key)
+            if value is not None:
+                return round(value / 60, 1) if key == "train_seconds" else value
+    return None
+
+
+def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = None, cache: Path = Path("reports/eval-cache"),
+             inception_weights: str | None = None, k: int = 5, progress: bool = True, with_cost: bool = True) -> dict:
+    import trilemma
+    from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = trilemma.load(name)
+    prompts, images = cached_samples(model, name, split, n, cache, progress=progress)
+    records = []
+    for prompt, image in zip(prompts, images):
+        parsed = parse_prompt(prompt)
+        records.append({"category": parsed.category, "novel": parsed.novel, "passed": score_image(image, parsed).passed})
+    alignment = summarize(records)
+    network = load_feature_network(inception_weights)
+    real = real_renders(split, n, model.resolution)
+    fidelity = fid_kid(network, real, images)
+    if not isinstance(network, dict):
+        fidelity.update(precision_recall_density_coverage(extract(network, real), extract(network, images), k))
+    report = {"model": name, "family": model.family, "model_class": type(model).__name__, "split": split, "n": n,
+              "features": "inception-v3" if inception_weights else "shapes-features", "alignment": alignment,
+              "pass_rate": alignment["overall"]["pass_rate"], "fidelity": fidelity,
+              "training_minutes": training_minutes(name)}
+    if with_cost:
+        report["cost"] = measure_cost(model)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "report.json", report)
+        (out / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def report_markdown(r: dict) -> str:
+    a, f = r["alignment"], r["fidelity"]
+    lines = [f"# {r['model']} on `{r['split']}` (n = {r['n']}, one sample per prompt)", "",
+             "| category | pass rate | n |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {_fmt(v['pass_rate'])} | {v['n']} |" for k, v in a.items() if isinstance(v, dict) and "pass_rate" in v]
+    lines += ["", f"Features: {r['features']}.", "", "| FID | KID | precision | recall | density | coverage |", "| --- | --- | --- | --- | --- | --- |",
+              f"| {f['fid']:.2f} | {f['kid']:.4f} | {f.get('precision', float('nan')):.3f} | {f.get('recall', float('nan')):.3f} | "
+              f"{f.get('density', float('nan')):.3f} | {f.get('coverage', float('nan')):.3f} |"]
+    if "cost" in r:
+        c = r["cost"]
+        lines += ["", "| parameters | s/image (batch 1) | images/s (batch 1) | images/s (best batch) | NFE/image | peak memory | training |",
+                  "| --- | --- | --- | --- | --- | --- | --- |",
+                  f"| {c['parameters'] / 1e6:.2f}M | {c['seconds_per_image_batch1']:.3f} | {c['images_per_second_batch1']:.2f} | "
+                  f"{c['images_per_second_best']:.2f} (batch {c['best_batch']}) | {c['function_evaluations_per_image']} | "
+                  f"{c['peak_memory_mib']:.0f} MiB ({c['peak_memory_kind']}) | {r['training_minutes']} min |"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cache: Path = Path("reports/eval-cache"),
+            reuse: bool = True, grid_prompts: int = 8, progress: bool = True) -> Path:
+    """evaluate each model (or reuse its cached report), then the table, the plots and the grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import trilemma
+    from trilemma.grid import image_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for name in names:
+        folder = out / Path(name).name
+        cached = folder / "report.json"
+        if reuse and cached.is_file():
+            report = json.loads(cached.read_text())
+            if report.get("split") == split and report.get("n") == n:
+                reports.append(report)
+                continue
+        reports.append(evaluate(name, split, n, folder, cache, progress=progress))
+    header = ("| model | family | parameters | pass rate | held-out pairs | FID | KID | precision | recall | density | coverage | "
+              "images/s (batch 1) | images/s (best) | NFE/image | peak memory | training |")
+    rows = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for r in reports:
+        f, c = r["fidelity"], r["cost"]
+        rows.append(f"| {Path(r['model']).name} | {r['family']} | {c['parameters'] / 1e6:.1f}M | {_fmt(r['pass_rate'])} | "
+                    f"{_fmt(r['alignment']['novel']['pass_rate'])} | {f['fid']:.2f} | {f['kid']:.4f} | {_fmt(f.get('precision'))} | "
+                    f"{_fmt(f.get('recall'))} | {_fmt(f.get('density'))} | {_fmt(f.get('coverage'))} | {c['images_per_second_batch1']:.2f} | "
+                    f"{c['images_per_second_best']:.2f} | {c['function_evaluations_per_image']} | {c['peak_memory_mib']:.0f} MiB | "
+                    f"{r['training_minutes']} min |")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for r in reports:
+        c, f, label = r["cost"], r["fidelity"], Path(r["model"]).name
+        size = 30 + 400 * c["parameters"] / max(x["cost"]["parameters"] for x in reports)
+        axes[0].scatter(c["images_per_second_best"], r["pass_rate"], s=size, alpha=0.6, label=label)
+        axes[1].scatter(c["images_per_second_best"], f["fid"], s=size, alpha=0.6, label=label)
+        if "precision" in f:
+            axes[2].scatter(f["recall"], f["precision"], s=size, alpha=0.6, label=label)
+    axes[0].set(xscale="log", xlabel="images per second (best batch, log)", ylabel=f"pass rate on {split}", title="alignment vs speed")
+    axes[1].set(xscale="log", xlabel="images per second (best batch, log)", ylabel="FID (Shapes features)", title="fidelity vs speed")
+    axes[2].set(xlabel="recall (mode coverage)", ylabel="precision (fidelity)", xlim=(0, 1.02), ylim=(0, 1.02), title="precision vs recall")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("point size: parameters")
+    fig.tight_layout()
+    fig.savefig(out / "trilemma.png", dpi=120)
+    plt.close(fig)
+    prompts = test_prompts(split, grid_prompts)
+    images, captions = [], []
+    for name in names:
+        model = trilemma.load(name)
+        images += model.generate(prompts, seed=0)
+        captions += [f"{Path(name).name}: {p}" if i == 0 else p for i, p in enumerate(prompts)]
+    image_grid(images, captions, cols=grid_prompts).save(out / "samples.png")
+    command = "trilemma compare " + " ".join(names) + f" --split {split} --n {n} --out {out}"
+    (out / "COMPARE.md").write_text(
+        f"# The generative trilemma on Shapes\n\nRegenerate: `{command}`\n\n"
+        f"Split `{split}`, {n} prompts, one sample per prompt (seed = index); FID and friends against renders of the "
+        f"same scenes on the shipped Shapes feature network; speed on this machine ({torch.get_num_threads()} threads).\n\n"
+        + "\n".join(rows) + "\n\n![trilemma](trilemma.png)\n\n![samples: one row per model, same prompts and seeds](samples.png)\n")
+    return out / "COMPARE.md"
