@@ -35,6 +35,17 @@ def score_split(model, split: str, n: int, batch_size: int = 100, **options) -> 
     return summarize(records), seconds, list(zip(prompts, images))
 
 
+def parse_sets(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -44,10 +55,13 @@ def main():
     ap.add_argument("--steps", type=int)
     ap.add_argument("--guidance-scale", type=float)
     ap.add_argument("--sampler")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other generate() option, the value as JSON (e.g. --set sr_guidance_scale=1.0)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model = trilemma.load(args.model)
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler}.items() if v is not None}
+    options.update(parse_sets(args.set))
     report = {"model": args.model, "n": args.n, "options": options, "parameters": model.num_parameters(), "splits": {}}
     for split in ("test", "test-novel"):
         summary, seconds, pairs = score_split(model, split, args.n, **options)

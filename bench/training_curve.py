@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from score_model import score_split  # noqa: E402
+from score_model import parse_sets, score_split  # noqa: E402
 
 from trilemma.model import TrainableModel  # noqa: E402
 
@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default=None)
     ap.add_argument("--stride", type=int, default=1, help="score every k-th snapshot (the final model always)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a generate() option, as in score_model.py")
     args = ap.parse_args()
     torch.set_num_threads(2)
     run = Path(args.run)
@@ -41,7 +42,7 @@ def main():
     for snap in snapshots:
         info = json.loads((snap / "training.json").read_text())
         model = TrainableModel.from_pretrained(snap)
-        summary, _, _ = score_split(model, "test", args.n)
+        summary, _, _ = score_split(model, "test", args.n, **parse_sets(args.set))
         points.append({"step": info["step"], "minutes": round(info["train_seconds"] / 60, 2),
                        **{k: v["pass_rate"] for k, v in summary.items() if k != "by_pairs"}})
         print(points[-1], flush=True)

@@ -132,3 +132,23 @@ def test_sr_stage_trains_on_crops_and_samples_whole_images():
     assert model.generate(["a red circle"], seed=0)[0].size == (32, 32)
     with pytest.raises(ValueError, match="sr_crop"):
         ImagenCascade.from_config({**TINY_IMAGEN, "sr_crop": 15})
+
+
+def test_stages_start_from_another_cascade_and_self_attention_is_an_option(tmp_path):
+    from trilemma.train.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    donor = ImagenCascade.from_config({**TINY_IMAGEN, "sr_crop": 16})
+    donor.save_pretrained(tmp_path / "donor")
+    # The same SR U-Net on whole images: self-attention off explicitly, so the weights fit.
+    config = {**TINY_IMAGEN, "sr_self_attention": False, "train_stages": [1]}
+    assert ImagenCascade.from_config(config).unets[1].config.only_cross_attention
+    assert not ImagenCascade.from_config(TINY_IMAGEN).unets[1].config.only_cross_attention
+    run = TrainConfig(model_class="ImagenCascade", model=config, data={"resolution": 32},
+                      init={"stages": {"0": str(tmp_path / "donor"), "1": str(tmp_path / "donor")}},
+                      output_dir=str(tmp_path / "run"), steps=1, batch_size=2, learning_rate=1e-3, warmup_steps=1,
+                      checkpoint_every=1, sample_every=0, ema_decay=0)
+    final = ImagenCascade.from_pretrained(train(run))
+    same = lambda a, b: all(torch.equal(x.float(), y.float()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert same(final.unets[0], donor.unets[0])  # the base came over and was not trained
+    assert not same(final.unets[1], donor.unets[1])  # the SR stage came over and trained one step

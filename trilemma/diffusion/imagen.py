@@ -48,6 +48,9 @@ class ImagenConfig:
     # SR stages train on random crops of this size (Imagen trains its SR stages on crops): the U-Net is
     # convolutional, so it samples whole images, and a 32 px crop of a 64 px stage costs a quarter.
     sr_crop: int | None = None
+    # Self-attention in the SR stages. None: off when they train on crops (attention over a crop's tokens
+    # does not carry over to a whole image's), on otherwise. Text cross-attention stays either way.
+    sr_self_attention: bool | None = None
     # SR stages train on the first `sr_batch_size` samples of each batch (None: all of it): on a CPU the
     # 64 px stage costs several times the base per image, and it learns its easier task from fewer.
     sr_batch_size: int | None = None
@@ -130,8 +133,12 @@ class ImagenCascade(TextToImageModel):
             class_embed_type="timestep" if sr else None,
             # Trained on crops, an SR stage keeps text cross-attention but drops self-attention (Imagen does
             # the same): attention learned over a crop's tokens would not carry over to the whole image's.
-            **({"only_cross_attention": True, "mid_block_type": "UNetMidBlock2D"} if sr and self.config.sr_crop else {}),
+            **({"only_cross_attention": True, "mid_block_type": "UNetMidBlock2D"} if sr and not self._sr_self_attention else {}),
         )
+
+    @property
+    def _sr_self_attention(self) -> bool:
+        return self.config.sr_crop is None if self.config.sr_self_attention is None else self.config.sr_self_attention
 
     @property
     def stages(self) -> range:
@@ -198,6 +205,14 @@ class ImagenCascade(TextToImageModel):
     def prepare_training(self, config, device):
         from trilemma.data.dataset import ShapesDataset
 
+        # init.stages: {stage: folder} starts those stages (U-Net and text encoder) from another cascade's
+        # weights, e.g. to train an SR stage further on top of a finished base.
+        for stage, source in (config.init.get("stages") or {}).items():
+            donor = ImagenCascade.from_pretrained(source)
+            k = int(stage)
+            self.unets[k].load_state_dict(donor.unets[k].state_dict())
+            if not isinstance(self.text_encoders[k], PretrainedTextEncoder):
+                self.text_encoders[k].load_state_dict(donor.text_encoders[k].state_dict())
         resolution = config.data.get("resolution", self.resolution)
         if resolution != self.resolution:
             raise ValueError(f"data resolution {resolution} differs from the cascade's output {self.resolution}")
