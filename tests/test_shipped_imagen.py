@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import trilemma
-from trilemma.data.export import test_prompts
+from trilemma.data.export import test_prompts as benchmark_prompts  # not collected as a test
 from trilemma.data.shapes import parse_prompt
 from trilemma.eval.scorer import score_image
 from trilemma.model import to_pil
@@ -16,7 +16,7 @@ from trilemma.registry import shipped_models
 def test_dynamic_thresholding_keeps_range_and_scores_better_at_guidance_10():
     torch.set_num_threads(2)
     model = trilemma.load("shapes-imagen")
-    prompts = test_prompts("test", 96)
+    prompts = benchmark_prompts("test", 96)
     figures = {}
     for mode in ("none", "dynamic"):
         x = model.sample_tensors(prompts, seed=0, guidance_scale=10.0, thresholding=mode)
