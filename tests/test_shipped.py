@@ -23,7 +23,7 @@ def test_shipped_model_has_card_and_scores(name):
     assert (folder / "README.md").is_file()
     assert (folder / "training_curve.png").is_file()
     info = model_info(folder)
-    assert info["size_mb"] < 20
+    assert info["size_mb"] < 25  # fp16; the two-U-Net cascade is the largest (22 MB), see its card
     scores = info["scores"]
     # Measured by bench/score_model.py on 500 prompts of each split; the card quotes the same figures.
     assert scores["n_per_split"] >= 500
