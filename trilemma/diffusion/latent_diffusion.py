@@ -21,8 +21,7 @@ from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.model import TextToImageModel, check_prompts, to_pil
-from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
-from trilemma.text.pretrained import PretrainedTextEncoder
+from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
 
 
@@ -59,15 +58,8 @@ class LatentDiffusion(TextToImageModel):
         self.config = config
         self.resolution = config.resolution
         self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
-        if "pretrained" in config.text_encoder:  # frozen (Imagen); its own tokenizer replaces ours
-            spec = config.text_encoder
-            self.text_encoder = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
-            self.tokenize = self.text_encoder.tokenize
-            config.text_encoder = self.text_encoder.to_config()
-        else:
-            self.text_encoder = TransformerTextEncoder(TextEncoderConfig(
-                vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **config.text_encoder))
-            self.tokenize = self.tokenizer
+        # A frozen pretrained encoder (Imagen) brings its own tokenizer; otherwise a trainable transformer.
+        self.text_encoder, self.tokenize, config.text_encoder = build_text_encoder(config.text_encoder, self.tokenizer)
         self._set_autoencoder(KLAutoencoder.from_config(config.autoencoder))
         ae = self.autoencoder.config
         n = len(config.unet_channels)

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.model import TextToImageModel, check_prompts, to_pil
-from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
-from trilemma.text.pretrained import PretrainedTextEncoder
+from trilemma.text.encoder import TransformerTextEncoder
+from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
 
 
@@ -153,15 +153,7 @@ class DFGAN(TextToImageModel):
         self.config = config
         self.resolution = config.resolution
         self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
-        if "pretrained" in config.text_encoder:
-            spec = config.text_encoder
-            self.text_encoder = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
-            self.tokenize = self.text_encoder.tokenize
-            config.text_encoder = self.text_encoder.to_config()
-        else:
-            self.text_encoder = TransformerTextEncoder(TextEncoderConfig(
-                vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **config.text_encoder))
-            self.tokenize = self.tokenizer
+        self.text_encoder, self.tokenize, config.text_encoder = build_text_encoder(config.text_encoder, self.tokenizer)
         self.text_encoder.requires_grad_(False)
         dim = self.text_encoder.hidden_size
         self.generator = Generator(config, dim)

@@ -116,3 +116,18 @@ class PretrainedTextEncoder(nn.Module):
 
     def to_config(self) -> dict:
         return {"pretrained": self.source, "sha256": self.sha256, "max_length": self.max_length}
+
+
+def build_text_encoder(spec: dict, tokenizer) -> tuple[nn.Module, object, dict]:
+    """(encoder, tokenize, spec to save) from a model config's `text_encoder` entry.
+
+    {"pretrained": PATH, ...} loads a frozen pretrained encoder, which brings its own tokenizer;
+    anything else configures a trainable transformer on the project's prompt tokenizer.
+    """
+    from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
+
+    if "pretrained" in spec:
+        encoder = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
+        return encoder, encoder.tokenize, encoder.to_config()
+    encoder = TransformerTextEncoder(TextEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, **spec))
+    return encoder, tokenizer, spec
