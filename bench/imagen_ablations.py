@@ -104,8 +104,9 @@ def main():
     ap.add_argument("--without")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (1 lets two parts run side by side on 2 cores)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     cells = Cells(args.out)
     if args.part == "guidance":

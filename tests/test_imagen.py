@@ -152,3 +152,22 @@ def test_stages_start_from_another_cascade_and_self_attention_is_an_option(tmp_p
     same = lambda a, b: all(torch.equal(x.float(), y.float()) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
     assert same(final.unets[0], donor.unets[0])  # the base came over and was not trained
     assert not same(final.unets[1], donor.unets[1])  # the SR stage came over and trained one step
+
+
+def test_each_stage_can_have_its_own_text_encoder(tmp_path):
+    """A frozen pretrained encoder under the base, a trained one in the SR stage; only the trained one is saved."""
+    from conftest import save_tiny_text_model
+
+    folder = save_tiny_text_model("t5", tmp_path / "t5")
+    trained = TINY_IMAGEN["text_encoder"]
+    torch.manual_seed(0)
+    model = ImagenCascade.from_config({**TINY_IMAGEN, "text_encoder": [{"pretrained": str(folder)}, trained]})
+    assert model.external_prefixes() == ("text_encoders.0.",)
+    assert not any(p.requires_grad for p in model.text_encoders[0].parameters())
+    model.save_pretrained(tmp_path / "m")
+    again = trilemma.load(tmp_path / "m")
+    assert again.to_config()["text_encoder"][1] == trained
+    prompts = ["a red circle above a blue square"]
+    assert model.generate(prompts, seed=1)[0].tobytes() == again.generate(prompts, seed=1)[0].tobytes()
+    with pytest.raises(ValueError, match="one text_encoder spec per stage"):
+        ImagenCascade.from_config({**TINY_IMAGEN, "text_encoder": [trained]})

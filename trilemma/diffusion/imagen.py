@@ -54,7 +54,7 @@ class ImagenConfig:
     # SR stages train on the first `sr_batch_size` samples of each batch (None: all of it): on a CPU the
     # 64 px stage costs several times the base per image, and it learns its easier task from fewer.
     sr_batch_size: int | None = None
-    text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "architecture": "t5"})
+    text_encoder: dict | list = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "architecture": "t5"})
     tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
     prediction_type: str = "v_prediction"
     variance_type: str = "fixed_small"  # or "learned_range" (Improved DDPM): the U-Nets also output the variance
@@ -98,17 +98,29 @@ class ImagenCascade(TextToImageModel):
         self.resolution = config.resolutions[-1]
         self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
         n = len(config.resolutions)
-        if "pretrained" in config.text_encoder:
-            spec = config.text_encoder
-            shared = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
-            config.text_encoder = shared.to_config()
-            self.text_encoders = nn.ModuleList([shared] * n)  # one frozen model, shared by every stage
-            self.tokenize = shared.tokenize
-        else:
-            self.text_encoders = nn.ModuleList(TransformerTextEncoder(TextEncoderConfig(
-                vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **config.text_encoder))
-                for _ in range(n))
-            self.tokenize = self.tokenizer
+        # One text-encoder spec for every stage, or a list with one per stage (so a frozen pretrained base can sit
+        # under an SR stage with its own trained encoder). Stages naming the same pretrained folder share one model.
+        specs = config.text_encoder if isinstance(config.text_encoder, list) else [config.text_encoder] * n
+        if len(specs) != n:
+            raise ValueError(f"give one text_encoder spec per stage ({n}), not {len(specs)}")
+        encoders, tokenizers, saved, frozen = [], [], [], {}
+        for spec in specs:
+            if "pretrained" in spec:
+                key = spec["pretrained"]
+                if key not in frozen:
+                    frozen[key] = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
+                encoder = frozen[key]
+                tokenizers.append(encoder.tokenize)
+                saved.append(encoder.to_config())
+            else:
+                encoder = TransformerTextEncoder(TextEncoderConfig(
+                    vocab_size=self.tokenizer.vocab_size, max_length=self.tokenizer.max_length, **spec))
+                tokenizers.append(self.tokenizer)
+                saved.append(dict(spec))
+            encoders.append(encoder)
+        config.text_encoder = saved if isinstance(config.text_encoder, list) else saved[0]
+        self.text_encoders = nn.ModuleList(encoders)
+        self.tokenizers = tokenizers
         self.unets = nn.ModuleList(self._make_unet(k) for k in range(n))
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                                              prediction_type=config.prediction_type, clip_sample=False,
@@ -158,12 +170,12 @@ class ImagenCascade(TextToImageModel):
         return cls(ImagenConfig(**config))
 
     def external_prefixes(self) -> tuple[str, ...]:
-        return ("text_encoders.",) if isinstance(self.text_encoders[0], PretrainedTextEncoder) else ()
+        return tuple(f"text_encoders.{k}." for k, e in enumerate(self.text_encoders) if isinstance(e, PretrainedTextEncoder))
 
     # --- pieces -----------------------------------------------------------------
     def encode_text(self, stage: int, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.unets[stage].parameters()).device
-        ids, mask = self.tokenize(prompts)
+        ids, mask = self.tokenizers[stage](prompts)
         states, _ = self.text_encoders[stage](ids.to(device), mask.to(device))
         return states, mask.to(device)
 
