@@ -11,26 +11,19 @@ base measured in the same run.
 
 import argparse
 import json
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import median_seconds  # noqa: E402
+
 from trilemma.diffusion.imagen import ImagenCascade
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shapes-imagen.json"
 PROMPT = "a red circle above a blue square"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build(**overrides) -> ImagenCascade:

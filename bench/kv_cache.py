@@ -11,24 +11,20 @@ images per second.
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import median_seconds  # noqa: E402
 
 import trilemma
 
 
 def images_per_second(model, batch: int, use_cache: bool, repeats: int) -> float:
     prompts = ["a red circle to the left of a blue square"] * batch
-    times = []
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        model.generate(prompts, seed=r, use_cache=use_cache)
-        if r:  # the first run warms up
-            times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return batch / median_seconds(lambda: model.generate(prompts, seed=0, use_cache=use_cache), repeats)
 
 
 def main():

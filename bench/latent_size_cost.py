@@ -11,25 +11,17 @@ ratios against the 16x16 baseline.
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import median_seconds  # noqa: E402
+
 from trilemma.diffusion.latent_diffusion import LatentDiffusion
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shapes-ldm.json"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure(block_out_channels: list[int], repeats: int) -> dict:

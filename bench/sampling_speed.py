@@ -11,11 +11,13 @@ diffusion is read off it.
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import median_seconds  # noqa: E402
 
 import trilemma
 
@@ -23,13 +25,7 @@ PROMPT = "a small purple triangle and a large cyan square"
 
 
 def images_per_second(model, batch: int, repeats: int) -> float:
-    times = []
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        model.generate([PROMPT] * batch, seed=r)
-        if r:  # the first run warms up
-            times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return batch / median_seconds(lambda: model.generate([PROMPT] * batch, seed=0), repeats)
 
 
 def main():
