@@ -12,6 +12,11 @@ from trilemma.registry import shipped_models
 
 
 @pytest.mark.slow
+# Measured not to hold on Shapes (bench/imagen_ablations.py guidance, reports/imagen-ablations): at guidance 10,
+# dynamic thresholding passes 0.12 of 200 test prompts against 0.605 without. Shapes' background sits at the top
+# of the range; dividing x0 by s > 1 greys it, the guided model pushes it back harder, and s runs away (up to 8 by
+# mid-sampling). strict: should a retrained model make the claim hold, this XPASS fails and the card must change.
+@pytest.mark.xfail(strict=True, reason="Imagen's dynamic-thresholding claim measured false on Shapes (card, Limits)")
 @pytest.mark.skipif("shapes-imagen" not in shipped_models(), reason="shapes-imagen is not shipped")
 def test_dynamic_thresholding_keeps_range_and_scores_better_at_guidance_10():
     torch.set_num_threads(2)
