@@ -26,15 +26,25 @@ def main():
     ap.add_argument("--scores", required=True, help="a report from bench/score_model.py")
     ap.add_argument("--curve")
     ap.add_argument("--grid")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sampling default of the shipped config, the value as JSON (e.g. --set thresholding='\"static\"'), "
+                         "when the scores were measured with it")
+    ap.add_argument("--training-minutes", type=float,
+                    help="total training minutes over every run that made the model (default: the last run's)")
     args = ap.parse_args()
     model = TrainableModel.from_pretrained(args.source)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(model.config, key):
+            raise SystemExit(f"{type(model).__name__} has no config field {key!r}")
+        setattr(model.config, key, json.loads(value))
     dest = WEIGHTS_DIR / args.name
     report = json.loads(Path(args.scores).read_text())
     training = json.loads((Path(args.source) / "training.json").read_text())
     scores = {"parameters": model.num_parameters(),
               "test": report["splits"]["test"]["summary"]["overall"]["pass_rate"],
               "test-novel": report["splits"]["test-novel"]["summary"]["overall"]["pass_rate"],
-              "n_per_split": report["n"], "training_minutes": round(training["train_seconds"] / 60, 1),
+              "n_per_split": report["n"], "training_minutes": args.training_minutes or round(training["train_seconds"] / 60, 1),
               "per_category": {s: {k: v["pass_rate"] for k, v in r["summary"].items() if k != "by_pairs"} for s, r in report["splits"].items()}}
     card = dest / "README.md"
     kept_card = card.read_text() if card.is_file() else None

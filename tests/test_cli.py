@@ -59,9 +59,9 @@ def test_export_and_score_ground_truth(tmp_path):
 
 def test_models_lists_the_shipped_default():
     rc, out, err = run_cli("models", "--default")
-    assert rc == 0 and out.strip() == "shapes-ldm-f8", err
+    assert rc == 0 and out.strip() == "shapes-imagen", err
     rc, out, err = run_cli("models")
-    assert rc == 0 and "shapes-ldm-f8 (default)" in out and "shapes-ldm:" in out and "MB" in out, (out, err)
+    assert rc == 0 and "shapes-imagen (default)" in out and "shapes-ldm:" in out and "MB" in out, (out, err)
 
 
 @pytest.mark.parametrize("args, words", [

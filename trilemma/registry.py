@@ -31,7 +31,7 @@ def model_class(name: str):
 
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "shapes-ldm-f8"
+DEFAULT_MODEL = "shapes-imagen"
 
 
 def shipped_models() -> dict[str, Path]:
