@@ -10,7 +10,8 @@
 (b) `guidance`: one cascade sampled at guidance 1, 3, 5, 10, 20 with no,
     static and dynamic thresholding; pass rates on `test`.
 (c) `augmentation`: the same base stage under an SR stage trained with and
-    one trained without noise conditioning augmentation; pass rates on `test`.
+    one trained without noise conditioning augmentation; pass rates on `test`
+    (the first also sampled with its input un-noised, level 0).
 
 Every cell is the scorer's pass rate on the first N canonical prompts of the
 split, one sample per prompt (seed = index). Cells are cached in
@@ -47,7 +48,10 @@ class Cells:
 
     def get(self, key: str, measure) -> float:
         if key not in self.data:
-            self.data[key] = measure()
+            value = measure()
+            # Re-read before writing: two parts may run side by side and share the file.
+            self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            self.data[key] = value
             self.path.write_text(json.dumps(self.data, indent=2) + "\n")
             print(key, self.data[key], flush=True)
         return self.data[key]
@@ -74,23 +78,27 @@ def guidance(args, cells: Cells) -> str:
     return f"## (b) Guidance scale and thresholding\n\n`{args.model}`, {args.n} prompts of `test`.\n\n" + "\n".join(rows)
 
 
-def paired(args, cells: Cells, part: str, names: dict[str, str], splits: tuple[str, ...]) -> str:
-    table = {}
-    for label, path in names.items():
+def paired(args, cells: Cells, part: str, names: dict[str, str | tuple[str, dict]], splits: tuple[str, ...]) -> str:
+    """One row per label: a model path, or (path, sampling options)."""
+    table, paths = {}, {}
+    for label, spec in names.items():
+        path, options = (spec, {}) if isinstance(spec, str) else spec
+        paths[label] = path + "".join(f", {k}={v}" for k, v in options.items())
         model = trilemma.load(path)
-        table[label] = [cells.get(f"{part}|{path}|{split}|{args.n}", lambda s=split, m=model: pass_rate(m, s, args.n))
-                        for split in splits]
+        suffix = "".join(f"|{k}={v}" for k, v in options.items())
+        table[label] = [cells.get(f"{part}|{path}|{split}|{args.n}{suffix}",
+                                  lambda s=split, m=model, o=options: pass_rate(m, s, args.n, **o)) for split in splits]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     width = 0.8 / len(names)
     for k, (label, values) in enumerate(table.items()):
         ax.bar([i + k * width for i in range(len(splits))], values, width, label=label)
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(splits))], splits)
-    ax.set(ylabel=f"pass rate (n={args.n})", title=part)
-    ax.legend()
+    ax.set(ylabel=f"pass rate (n={args.n})", title=part, ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(args.out / f"{part}.png", dpi=120)
     rows = ["| model | " + " | ".join(splits) + " |", "| --- |" + " --- |" * len(splits)]
-    rows += [f"| {label} (`{names[label]}`) | " + " | ".join(f"{v:.3f}" for v in values) + " |" for label, values in table.items()]
+    rows += [f"| {label} (`{paths[label]}`) | " + " | ".join(f"{v:.3f}" for v in values) + " |" for label, values in table.items()]
     return "\n".join(rows)
 
 
@@ -120,7 +128,10 @@ def main():
         if not (args.with_aug and args.without):
             ap.error("augmentation needs --with and --without")
         section = "## (c) Noise conditioning augmentation in the SR stage\n\n" + paired(
-            args, cells, "augmentation", {"with augmentation": args.with_aug, "without": args.without}, ("test",))
+            args, cells, "augmentation", {"with augmentation": args.with_aug,
+                                          # Sampled without noising its input: is the harm in the sampling noise or the training?
+                                          "with augmentation, sampled at level 0": (args.with_aug, {"aug_level": 0.0}),
+                                          "without": args.without}, ("test",))
     (args.out / f"{args.part}.md").write_text(section + "\n")
     parts = [p for p in ("encoder", "guidance", "augmentation") if (args.out / f"{p}.md").exists()]
     body = "\n\n".join((args.out / f"{p}.md").read_text().strip() for p in parts)
