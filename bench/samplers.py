@@ -87,11 +87,14 @@ def main():
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "samplers.png", dpi=120)
+    mean = sum(cells[f"{args.model}|{s}|{k}|{args.n}"]["overall"] for s in SAMPLERS for k in STEPS) / len(SAMPLERS) / len(STEPS)
+    stderr = (mean * (1 - mean) / args.n) ** 0.5
     text = (f"# Samplers on `{args.model}`\n\n"
             f"`python bench/samplers.py --model {args.model} --n {args.n} --out {args.out}`: one sample per prompt "
             f"on the first {args.n} `test` prompts, pass rates from the scorer; seconds per image at batch "
             f"{args.timing_batch}, median of {args.repeats} runs after a warm-up, {args.threads} CPU threads, "
-            f"all timed in one run.\n\n" + "\n".join(rows) + "\n\n![pass rate against seconds per image](samplers.png)\n")
+            f"all timed in one run. The standard error of one pass rate is about {stderr:.3f} (n = {args.n}): "
+            f"differences smaller than twice that are noise.\n\n" + "\n".join(rows) + "\n\n![pass rate against seconds per image](samplers.png)\n")
     (args.out / "SAMPLERS.md").write_text(text)
     (args.out / "timings.json").write_text(json.dumps({f"{s}|{k}": v for (s, k), v in seconds.items()}, indent=2) + "\n")
     print(text)
