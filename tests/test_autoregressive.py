@@ -127,3 +127,19 @@ def test_transformer_trains_through_the_one_loop(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert "bits_per_token" in rows[-1]
     assert trilemma.load(final).generate(["a red circle"], seed=0)[0].size == (32, 32)
+
+
+def test_recipe_may_leave_the_tokenizer_to_init(tmp_path):
+    # configs/shapes-dalle.json names no "vq" config: the tokenizer comes from init.vq alone.
+    from trilemma.train.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    vq = dict(TINY_VQ, block_out_channels=[8, 8, 8], codebook_size=512)  # the default token grid (8x8) and codebook
+    VQTokenizer.from_config(vq).save_pretrained(tmp_path / "vq")
+    model = {k: v for k, v in TINY_DALLE.items() if k != "vq"}
+    config = TrainConfig(model_class="DalleTransformer", model=model, init={"vq": str(tmp_path / "vq")},
+                         data={"cache_tokens": 4}, output_dir=str(tmp_path / "run"), steps=1, batch_size=2,
+                         learning_rate=1e-3, warmup_steps=1, checkpoint_every=1, sample_every=0, log_every=1)
+    loaded = trilemma.load(train(config))
+    assert loaded.vq.config.block_out_channels == (8, 8, 8)
+    assert loaded.generate(["a red circle"], seed=0)[0].size == (32, 32)

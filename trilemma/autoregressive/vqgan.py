@@ -173,7 +173,8 @@ class VQTokenizer(TrainableModel):
     @classmethod
     def from_config(cls, config: dict) -> "VQTokenizer":
         config = dict(config)
-        config["block_out_channels"] = tuple(config["block_out_channels"])
+        if "block_out_channels" in config:  # absent when a transformer's recipe leaves the tokenizer to `init`
+            config["block_out_channels"] = tuple(config["block_out_channels"])
         return cls(VQConfig(**config))
 
     # --- tokens -----------------------------------------------------------------
