@@ -227,7 +227,9 @@ def cmd_interpolate(args) -> None:
                                truncation=args.truncation)
     for k, image in enumerate(images):
         image.save(out / f"{k:03d}.png")
-    captions = [args.prompt_a] + [""] * (len(images) - 2) + [args.prompt_b]
+    # In z mode the text stays at prompt_a: say so at the far end instead of naming prompt_b.
+    end = f"{args.prompt_a} (z of seed {args.seed + 1})" if args.mode == "z" else args.prompt_b
+    captions = [args.prompt_a] + [""] * (len(images) - 2) + [end]
     image_grid(images, captions, cols=len(images)).save(out / "strip.png")
     print(f"wrote {len(images)} images and strip.png to {out}")
 

@@ -34,9 +34,14 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "shapes-imagen"
 
 
+FEATURE_NETWORK = "shapes-features"  # shipped beside the models, but an evaluation network, not a generator
+
+
 def shipped_models() -> dict[str, Path]:
-    """Shipped models: folders under trilemma/weights with a config.json."""
-    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file()} if WEIGHTS_DIR.is_dir() else {}
+    """Shipped text-to-image models: folders under trilemma/weights with a config.json (the feature network aside)."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file() and p.name != FEATURE_NETWORK}
 
 
 def model_info(path: Path) -> dict:

@@ -28,14 +28,14 @@ def load_feature_network(inception_weights: str | None = None):
         if not Path(inception_weights).is_file():
             raise ValueError(f"no Inception weights file at {inception_weights}")
         return {"feature": 2048, "feature_extractor_weights_path": inception_weights}
-    from trilemma.registry import shipped_models
     from trilemma.eval.features import ShapesFeatureNet
+    from trilemma.registry import FEATURE_NETWORK, WEIGHTS_DIR
 
-    models = shipped_models()
-    if "shapes-features" not in models:
-        raise ValueError("the Shapes feature network (trilemma/weights/shapes-features) is not shipped; "
+    folder = WEIGHTS_DIR / FEATURE_NETWORK
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"the Shapes feature network ({folder}) is not shipped; "
                          "train it with trilemma train configs/shapes-features.json")
-    return ShapesFeatureNet.from_pretrained(models["shapes-features"]).eval()
+    return ShapesFeatureNet.from_pretrained(folder).eval()
 
 
 def to_uint8_tensor(images: list[Image.Image], resolution: int | None = None) -> torch.Tensor:
