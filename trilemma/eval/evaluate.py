@@ -89,7 +89,46 @@ class EvaluationCounter:
             h.remove()
 
 
-def measure_cost(model, prompt: str = "a red circle to the left of a blue square", repeats: int = 3) -> dict:
+_MEMORY_PROBE = """
+import json, resource, sys, torch
+import trilemma
+
+
+def high_water_mib():
+    # VmHWM: this process's own peak. ru_maxrss is not: Linux carries the parent's across fork and exec.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+torch.set_num_threads({threads})
+model = trilemma.load({name!r})
+loaded = high_water_mib()
+model.generate([{prompt!r}] * {batch}, seed=0)
+print(json.dumps({{"loaded_mib": loaded, "peak_mib": high_water_mib()}}))
+"""
+
+
+def peak_memory(name: str, prompt: str, batch: int) -> dict:
+    """Peak resident memory of a fresh process that loads the model and generates one batch.
+
+    A fresh process, because ru_maxrss is a lifetime peak: models measured one after another in one
+    process would all report the largest. On a GPU the allocator's own peak is read instead.
+    """
+    import subprocess
+
+    if torch.cuda.is_available():
+        return {"peak_mib": None, "loaded_mib": None}
+    code = _MEMORY_PROBE.format(threads=torch.get_num_threads(), name=str(name), prompt=prompt, batch=batch)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_cost(model, name: str | None = None, prompt: str = "a red circle to the left of a blue square", repeats: int = 3) -> dict:
     torch.manual_seed(0)
     counter = EvaluationCounter(model)
     model.generate([prompt], seed=0)
@@ -105,13 +144,19 @@ def measure_cost(model, prompt: str = "a red circle to the left of a blue square
                 times.append(time.perf_counter() - t0)
         rates[b] = b / statistics.median(times)
     best = max(rates, key=rates.get)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    if torch.cuda.is_available():
+        memory = {"peak_mib": torch.cuda.max_memory_allocated() / 2**20, "loaded_mib": None}
+    elif name is not None:
+        memory = peak_memory(name, prompt, max(BATCHES))
+    else:
+        memory = {"peak_mib": float("nan"), "loaded_mib": None}
+    peak = memory["peak_mib"]
     return {"parameters": model.num_parameters(), "seconds_per_image_batch1": round(1 / rates[1], 4),
             "images_per_second_batch1": round(rates[1], 3), "best_batch": best,
             "images_per_second_best": round(rates[best], 3), "images_per_second_by_batch": {str(k): round(v, 3) for k, v in rates.items()},
             "function_evaluations_per_image": nfe,
-            "peak_memory_mib": round(peak, 1), "peak_memory_kind": "GPU allocated" if torch.cuda.is_available() else "process peak RSS"}
+            "peak_memory_mib": round(peak, 1), "peak_memory_kind": "GPU allocated" if torch.cuda.is_available() else f"peak RSS of a fresh process at batch {max(BATCHES)}",
+            "memory_after_load_mib": None if memory["loaded_mib"] is None else round(memory["loaded_mib"], 1)}
 
 
 def training_minutes(name: str) -> float | None:
@@ -150,7 +195,7 @@ def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = No
               "pass_rate": alignment["overall"]["pass_rate"], "fidelity": fidelity,
               "training_minutes": training_minutes(name)}
     if with_cost:
-        report["cost"] = measure_cost(model)
+        report["cost"] = measure_cost(model, name)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "report.json", report)
@@ -174,6 +219,14 @@ def report_markdown(r: dict) -> str:
                   f"{c['images_per_second_best']:.2f} (batch {c['best_batch']}) | {c['function_evaluations_per_image']} | "
                   f"{c['peak_memory_mib']:.0f} MiB ({c['peak_memory_kind']}) | {r['training_minutes']} min |"]
     return "\n".join(lines) + "\n"
+
+
+def _card_score(name: str, split: str) -> float | None:
+    """A shipped model's pass rate on `split` from its card's scores.json (bench/score_model.py, 500 prompts)."""
+    from trilemma.registry import shipped_models
+
+    path = Path(shipped_models().get(name, Path(name))) / "scores.json"
+    return json.loads(path.read_text()).get(split) if path.is_file() else None
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -202,16 +255,30 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
                 reports.append(report)
                 continue
         reports.append(evaluate(name, split, n, folder, cache, progress=progress))
-    header = ("| model | family | parameters | pass rate | held-out pairs | FID | KID | precision | recall | density | coverage | "
+    from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
+
+    # The floor: real renders of other scenes of the split against the same reference. FID's estimate is
+    # biased upward at finite n, so a model is as close to real as FID at this n can tell when it sits there.
+    network = load_feature_network()
+    reference, others = real_renders(split, n), [render(sample_scene(split, n + i)) for i in range(n)]
+    floor = fid_kid(network, reference, others)
+    floor.update(precision_recall_density_coverage(extract(network, reference), extract(network, others), 5))
+    novel_from_card = all(r["alignment"]["novel"]["pass_rate"] is None for r in reports)
+    header = ("| model | family | parameters | pass rate | " + ("`test-novel` (card)" if novel_from_card else "held-out pairs") +
+              " | FID | KID | precision | recall | density | coverage | "
               "images/s (batch 1) | images/s (best) | NFE/image | peak memory | training |")
     rows = [header, "|" + " --- |" * (header.count("|") - 1)]
     for r in reports:
         f, c = r["fidelity"], r["cost"]
+        novel = _card_score(r["model"], "test-novel") if novel_from_card else r["alignment"]["novel"]["pass_rate"]
         rows.append(f"| {Path(r['model']).name} | {r['family']} | {c['parameters'] / 1e6:.1f}M | {_fmt(r['pass_rate'])} | "
-                    f"{_fmt(r['alignment']['novel']['pass_rate'])} | {f['fid']:.2f} | {f['kid']:.4f} | {_fmt(f.get('precision'))} | "
+                    f"{_fmt(novel)} | {f['fid']:.2f} | {f['kid']:.4f} | {_fmt(f.get('precision'))} | "
                     f"{_fmt(f.get('recall'))} | {_fmt(f.get('density'))} | {_fmt(f.get('coverage'))} | {c['images_per_second_batch1']:.2f} | "
                     f"{c['images_per_second_best']:.2f} | {c['function_evaluations_per_image']} | {c['peak_memory_mib']:.0f} MiB | "
                     f"{r['training_minutes']} min |")
+    rows.append(f"| real renders of other scenes (the floor) | | | | | {floor['fid']:.2f} | {floor['kid']:.4f} | "
+                f"{floor['precision']:.3f} | {floor['recall']:.3f} | {floor['density']:.3f} | {floor['coverage']:.3f} | | | | | |")
+    write_json(out / "floor.json", {"split": split, "n": n, **floor})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for r in reports:
         c, f, label = r["cost"], r["fidelity"], Path(r["model"]).name
@@ -221,8 +288,14 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
         if "precision" in f:
             axes[2].scatter(f["recall"], f["precision"], s=size, alpha=0.6, label=label)
     axes[0].set(xscale="log", xlabel="images per second (best batch, log)", ylabel=f"pass rate on {split}", title="alignment vs speed")
+    axes[1].axhline(floor["fid"], ls="--", color="gray", label=f"real vs real at n = {n}")
+    axes[1].legend(fontsize=8)
     axes[1].set(xscale="log", xlabel="images per second (best batch, log)", ylabel="FID (Shapes features)", title="fidelity vs speed")
-    axes[2].set(xlabel="recall (mode coverage)", ylabel="precision (fidelity)", xlim=(0, 1.02), ylim=(0, 1.02), title="precision vs recall")
+    # Zoomed to the points (with the floor's real-vs-real pair as a cross): on Shapes they crowd near 1.
+    axes[2].scatter(floor["recall"], floor["precision"], marker="x", color="black", label="real vs real")
+    low = min([floor["recall"], floor["precision"]] + [v for r in reports for v in (r["fidelity"].get("recall", 1), r["fidelity"].get("precision", 1))])
+    low = max(0.0, low - 0.05)
+    axes[2].set(xlabel="recall (mode coverage)", ylabel="precision (fidelity)", xlim=(low, 1.01), ylim=(low, 1.01), title="precision vs recall")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -241,6 +314,9 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
     (out / "COMPARE.md").write_text(
         f"# The generative trilemma on Shapes\n\nRegenerate: `{command}`\n\n"
         f"Split `{split}`, {n} prompts, one sample per prompt (seed = index); FID and friends against renders of the "
-        f"same scenes on the shipped Shapes feature network; speed on this machine ({torch.get_num_threads()} threads).\n\n"
+        f"same scenes on the shipped Shapes feature network; speed on this machine ({torch.get_num_threads()} threads). "
+        f"The last row is the floor: renders of {n} other scenes against the same reference (FID is biased upward at finite n). "
+        f"Peak memory: RSS of a fresh process that loads the model and draws batch {max(BATCHES)}; NFE: rows through the "
+        f"core network (U-Net, GPT or generator) per image, guided pairs counted twice.\n\n"
         + "\n".join(rows) + "\n\n![trilemma](trilemma.png)\n\n![samples: one row per model, same prompts and seeds](samples.png)\n")
     return out / "COMPARE.md"
