@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import statistics
 import sys
 import time
