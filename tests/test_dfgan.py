@@ -91,3 +91,71 @@ def test_interpolation_ends_at_the_two_prompts_and_truncation_bounds_z(tmp_path)
     assert main(["interpolate", "a red circle", "a blue square", "--model", str(tmp_path / "gan"), "--steps", "4",
                  "--out", str(tmp_path / "strip")]) == 0
     assert (tmp_path / "strip" / "strip.png").is_file() and len(list((tmp_path / "strip").glob("0*.png"))) == 4
+
+
+TINY_AE = {"resolution": 32, "block_out_channels": [8, 8, 8], "latent_channels": 4, "norm_num_groups": 4}
+
+
+def test_latent_gan_draws_the_autoencoders_latent_and_decodes_it():
+    torch.manual_seed(0)
+    model = DFGAN.from_config({**TINY_GAN, "autoencoder": TINY_AE, "latent_blocks": 1}).eval()
+    assert model.config.grid == 8
+    z, s = model.noise([0, 1]), model.sentence_embedding(["a red circle", "two blue squares"])
+    with torch.no_grad():
+        latents = model.generator(z, s)
+    assert latents.shape == (2, 4, 8, 8)
+    assert isinstance(model.generator.to_rgb[-1], torch.nn.Identity)  # no tanh bounds a unit-variance latent
+    # The discriminator reads latents, not pixels.
+    assert model.discriminator.features(latents).shape[-1] == 4
+    images = model.generate(["a red circle", "two blue squares"], seed=0)
+    with torch.no_grad():
+        expected = model.autoencoder.decode(latents / model.config.latent_scale).clamp(-1, 1)
+    assert [im.size for im in images] == [(32, 32)] * 2
+    assert np.abs(np.asarray(images[0], dtype=float) - ((expected[0].permute(1, 2, 0).numpy() + 1) * 127.5)).max() <= 1.0
+    with pytest.raises(ValueError, match="at least 8x8"):
+        DFGAN.from_config({**TINY_GAN, "autoencoder": {**TINY_AE, "block_out_channels": [8, 8, 8, 8]}})
+
+
+def test_latent_gan_trains_on_cached_latents_of_a_saved_autoencoder(tmp_path):
+    from trilemma.diffusion.autoencoder import KLAutoencoder
+    from trilemma.train.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    autoencoder = KLAutoencoder.from_config(TINY_AE)
+    autoencoder.save_pretrained(tmp_path / "ae")
+    config = TrainConfig(model_class="DFGAN", model={**TINY_GAN, "autoencoder": TINY_AE, "latent_blocks": 1},
+                         init={"autoencoder": str(tmp_path / "ae")}, data={"resolution": 32, "cache_latents": 8},
+                         batch_size=2, learning_rate=1e-4, steps=2, checkpoint_every=2, sample_every=0, log_every=1,
+                         output_dir=str(tmp_path / "run"))
+    final = train(config)
+    assert (tmp_path / "run" / "latent_cache" / "model.safetensors").is_file()
+    model = trilemma.load(final)
+    assert model.config.latent_scale != 1.0  # set from the cached latents' spread
+    # The frozen autoencoder ships inside the GAN, unchanged by training.
+    for k, v in autoencoder.state_dict().items():
+        assert torch.equal(model.autoencoder.state_dict()[k], v), k
+    assert model.generate(["a red circle"])[0].size == (32, 32)
+    bad = TrainConfig(**{**config.__dict__, "model": {**TINY_GAN, "autoencoder": {**TINY_AE, "latent_channels": 3}},
+                         "output_dir": str(tmp_path / "bad")})
+    with pytest.raises(ValueError, match="latent shape"):
+        train(bad)
+
+
+def test_whitened_sentence_has_unit_variance_on_the_fitted_captions(tmp_path):
+    from trilemma.data.dataset import ShapesDataset
+
+    torch.manual_seed(0)
+    model = DFGAN.from_config({**TINY_GAN, "whiten_text": True, "whiten_eps": 1e-6}).eval()
+    data = ShapesDataset("train", 32, 0)
+    captions = [data.scene(i).caption(np.random.default_rng(i)) for i in range(400)]
+    raw = model.sentence_embedding(captions)  # identity whitening until fitted
+    model.fit_whitening(captions)
+    white = model.sentence_embedding(captions)
+    assert white.mean(0).abs().max() < 1e-3
+    cov = torch.cov(white.T)
+    assert torch.allclose(cov, torch.eye(cov.shape[0]), atol=0.05), (cov - torch.eye(cov.shape[0])).abs().max()
+    assert torch.cov(raw.T).diagonal().mean() < 0.5  # the raw embedding's spread is far from unit
+    # The statistics travel with the weights.
+    model.save_pretrained(tmp_path / "gan")
+    again = trilemma.load(tmp_path / "gan")
+    assert torch.allclose(again.sentence_embedding(captions[:3]), white[:3], atol=1e-4)

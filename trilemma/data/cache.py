@@ -40,3 +40,17 @@ def cached_encodings(encoder: nn.Module, encode: Callable[[torch.Tensor], torch.
     except OSError:
         pass  # a cache is an optimization; training goes on without it
     return out
+
+
+def latent_training_set(autoencoder: nn.Module, config, resolution: int, device):
+    """(latents, dataset) of the first `data.cache_latents` training scenes, encoded once by a frozen
+    KL autoencoder: what latent diffusion and the latent GAN both train on."""
+    from trilemma.data.dataset import CachedLatentDataset, ShapesDataset
+
+    if config.data.get("resolution", resolution) != resolution:
+        raise ValueError(f"data resolution {config.data['resolution']} differs from the model's {resolution}")
+    n = int(config.data.get("cache_latents", 20000))
+    data = ShapesDataset(config.data.get("split", "train"), resolution, config.seed, paraphrase=False)
+    latents = cached_encodings(autoencoder, autoencoder.encode, data, n, Path(config.output_dir) / "latent_cache",
+                               device, "latents")
+    return latents, CachedLatentDataset(latents, [data.scene(i) for i in range(n)], seed=config.seed)

@@ -12,7 +12,6 @@ schedulers in the explicit loop of `trilemma.diffusion.sampling`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -103,8 +102,7 @@ class LatentDiffusion(TextToImageModel):
 
     def prepare_training(self, config, device):
         """Load the trained autoencoder, encode a cache of training latents once, set the latent scale."""
-        from trilemma.data.cache import cached_encodings
-        from trilemma.data.dataset import CachedLatentDataset, ShapesDataset
+        from trilemma.data.cache import latent_training_set
 
         source = config.init.get("autoencoder")
         if source:
@@ -114,15 +112,9 @@ class LatentDiffusion(TextToImageModel):
                                  "set the model's 'autoencoder' config to match it")
             self._set_autoencoder(autoencoder)
         self.autoencoder.to(device).eval()
-        n = int(config.data.get("cache_latents", 20000))
-        split = config.data.get("split", "train")
-        if config.data.get("resolution", self.resolution) != self.resolution:
-            raise ValueError(f"data resolution {config.data['resolution']} differs from the model's {self.resolution}")
-        data = ShapesDataset(split, self.resolution, config.seed, paraphrase=False)
-        latents = cached_encodings(self.autoencoder, self.autoencoder.encode, data, n, Path(config.output_dir) / "latent_cache",
-                                   device, "latents")
+        latents, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
         self.config.latent_scale = float(1.0 / latents.std())
-        return CachedLatentDataset(latents, [data.scene(i) for i in range(n)], seed=config.seed)
+        return dataset
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.unet.parameters()).device

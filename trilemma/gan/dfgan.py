@@ -15,6 +15,13 @@ The sentence embedding comes from a frozen text encoder of the project (the mask
 token states): the transformer trained with a shipped diffusion model, or a frozen pretrained one.
 DF-GAN itself used a frozen pretrained bi-LSTM; a frozen encoder also keeps the GAN's unstable
 game from moving the text space under the discriminator.
+
+With `autoencoder` set, the same generator, discriminator and losses work in the latent space of a
+frozen KL autoencoder (the first stage of the project's latent diffusion) and its decoder renders the
+pixels, as latent diffusion does. On this CPU the pixel GAN spent its compute on 64x64 maps 16
+channels wide and drew blobs (MEASURED.md, the shapes-dfgan card); at 8x8 the same compute buys
+wide layers, and the decoder draws the edges. `latent_blocks` adds residual blocks at the latent
+resolution, since an 8x8 grid leaves only one up-sampling block.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trilemma.diffusion.autoencoder import KLAutoencoder
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.text.encoder import TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
@@ -45,10 +53,31 @@ class DFGANConfig:
     gp_p: float = 6.0
     d_lr_ratio: float = 4.0  # 4e-4 / 1e-4 in the paper
     truncation: float | None = None  # sample z from a normal truncated to [-t, t] (None: plain normal)
+    autoencoder: dict | None = None  # a KLAutoencoder config: generate its latents (None: pixels)
+    latent_scale: float = 1.0  # 1 / std of the training latents, set when training starts
+    latent_blocks: int = 0  # residual blocks without resampling at the output (G) and input (D) grid
+    # Whiten the sentence embedding with statistics of the training captions (ZCA, eigenvalues
+    # floored by whiten_eps). Measured on the shapes-ldm-f8 encoder's mean-pooled states: 10 of
+    # 128 directions hold 97% of the variance, mostly color; "a red circle" and "a red square"
+    # lie 1.8 apart where "a red circle" and "a blue circle" lie 5.9, and a GAN trained on it
+    # got colors right and shapes wrong.
+    whiten_text: bool = False
+    whiten_eps: float = 1e-3
+
+    @property
+    def grid(self) -> int:
+        """The side of what G draws and D reads: the image, or the autoencoder's latent."""
+        if self.autoencoder is None:
+            return self.resolution
+        return self.resolution // 2 ** (len(self.autoencoder["block_out_channels"]) - 1)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.autoencoder is None else self.autoencoder["latent_channels"]
 
     @property
     def levels(self) -> int:
-        return int(math.log2(self.resolution)) - 2  # 4 px -> resolution
+        return int(math.log2(self.grid)) - 2  # 4 px -> grid
 
 
 def _channels(unit: int, levels: int) -> list[int]:
@@ -83,14 +112,16 @@ class DFBlock(nn.Module):
 
 
 class GBlock(nn.Module):
-    def __init__(self, cond_dim: int, in_ch: int, out_ch: int, hidden: int):
+    def __init__(self, cond_dim: int, in_ch: int, out_ch: int, hidden: int, upsample: bool = True):
         super().__init__()
+        self.upsample = upsample
         self.fuse1, self.c1 = DFBlock(cond_dim, in_ch, hidden), nn.Conv2d(in_ch, out_ch, 3, 1, 1)
         self.fuse2, self.c2 = DFBlock(cond_dim, out_ch, hidden), nn.Conv2d(out_ch, out_ch, 3, 1, 1)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2)
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2)
         h = self.c2(self.fuse2(self.c1(self.fuse1(x, cond)), cond))
         return self.shortcut(x) + h
 
@@ -101,8 +132,12 @@ class Generator(nn.Module):
         chs = _channels(config.ngf, config.levels)
         cond_dim = config.z_dim + sentence_dim
         self.fc = nn.Linear(config.z_dim, chs[0] * 4 * 4)
-        self.blocks = nn.ModuleList(GBlock(cond_dim, a, b, config.affine_hidden) for a, b in zip(chs[:-1], chs[1:]))
-        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(chs[-1], 3, 3, 1, 1), nn.Tanh())
+        self.blocks = nn.ModuleList(
+            [GBlock(cond_dim, a, b, config.affine_hidden) for a, b in zip(chs[:-1], chs[1:])]
+            + [GBlock(cond_dim, chs[-1], chs[-1], config.affine_hidden, upsample=False) for _ in range(config.latent_blocks)])
+        # Pixels end in tanh; latents are scaled to unit variance with tails past 1, so they stay linear.
+        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(chs[-1], config.channels, 3, 1, 1),
+                                    nn.Tanh() if config.autoencoder is None else nn.Identity())
 
     def forward(self, z: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], -1, 4, 4)
@@ -113,15 +148,18 @@ class Generator(nn.Module):
 
 
 class DBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, downsample: bool = True):
         super().__init__()
-        self.residual = nn.Sequential(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        self.downsample = downsample
+        first = nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False) if downsample else nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)
+        self.residual = nn.Sequential(first, nn.LeakyReLU(0.2, inplace=True),
                                       nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False), nn.LeakyReLU(0.2, inplace=True))
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.gamma = nn.Parameter(torch.zeros(1))  # the residual branch fades in from zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(self.shortcut(x), 2) + self.gamma * self.residual(x)
+        shortcut = self.shortcut(x)
+        return (F.avg_pool2d(shortcut, 2) if self.downsample else shortcut) + self.gamma * self.residual(x)
 
 
 class Discriminator(nn.Module):
@@ -130,8 +168,9 @@ class Discriminator(nn.Module):
     def __init__(self, config: DFGANConfig, sentence_dim: int):
         super().__init__()
         chs = _channels(config.ndf, config.levels)[::-1]
-        self.conv_img = nn.Conv2d(3, chs[0], 3, 1, 1)
-        self.blocks = nn.Sequential(*(DBlock(a, b) for a, b in zip(chs[:-1], chs[1:])))
+        self.conv_img = nn.Conv2d(config.channels, chs[0], 3, 1, 1)
+        self.blocks = nn.Sequential(*[DBlock(chs[0], chs[0], downsample=False) for _ in range(config.latent_blocks)],
+                                    *(DBlock(a, b) for a, b in zip(chs[:-1], chs[1:])))
         self.joint = nn.Sequential(nn.Conv2d(chs[-1] + sentence_dim, config.ndf * 2, 3, 1, 1, bias=False),
                                    nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(config.ndf * 2, 1, 4, 1, 0, bias=False))
 
@@ -150,14 +189,28 @@ class DFGAN(TextToImageModel):
         super().__init__()
         if config.resolution < 8 or config.resolution & (config.resolution - 1):
             raise ValueError(f"resolution must be a power of two of at least 8, not {config.resolution}")
+        if config.grid < 8:
+            raise ValueError(f"the autoencoder's latent is {config.grid}x{config.grid}; the GAN needs at least 8x8")
         self.config = config
         self.resolution = config.resolution
         self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
         self.text_encoder, self.tokenize, config.text_encoder = build_text_encoder(config.text_encoder, self.tokenizer)
         self.text_encoder.requires_grad_(False)
+        self.autoencoder = None
+        if config.autoencoder is not None:
+            self._set_autoencoder(KLAutoencoder.from_config(config.autoencoder))
         dim = self.text_encoder.hidden_size
         self.generator = Generator(config, dim)
         self.discriminator = Discriminator(config, dim)
+        if config.whiten_text:  # set from the training captions when training starts
+            self.register_buffer("text_mean", torch.zeros(dim))
+            self.register_buffer("text_whitening", torch.eye(dim))
+
+    def _set_autoencoder(self, autoencoder: KLAutoencoder) -> None:
+        if autoencoder.config.resolution != self.resolution:
+            raise ValueError(f"the autoencoder is for {autoencoder.config.resolution} px, the GAN for {self.resolution}")
+        self.autoencoder = autoencoder.requires_grad_(False).eval()  # trained on its own, then frozen
+        self.config.autoencoder = autoencoder.to_config()
 
     def to_config(self) -> dict:
         return asdict(self.config)
@@ -172,6 +225,8 @@ class DFGAN(TextToImageModel):
     def train(self, mode: bool = True):
         super().train(mode)
         self.text_encoder.eval()  # frozen
+        if self.autoencoder is not None:
+            self.autoencoder.eval()
         return self
 
     # --- text and noise -----------------------------------------------------------
@@ -182,7 +237,24 @@ class DFGAN(TextToImageModel):
         ids, mask = self.tokenize(prompts)
         states, _ = self.text_encoder(ids.to(device), mask.to(device))
         weights = mask.to(device, states.dtype).unsqueeze(-1)
-        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        sentence = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        if self.config.whiten_text:
+            sentence = (sentence - self.text_mean) @ self.text_whitening
+        return sentence
+
+    @torch.no_grad()
+    def fit_whitening(self, captions: list[str]) -> None:
+        """ZCA whitening of the (unwhitened) sentence embedding over these captions."""
+        self.text_mean.zero_(), self.text_whitening.copy_(torch.eye(self.text_mean.numel()))
+        self.config.whiten_text = False
+        try:
+            s = torch.cat([self.sentence_embedding(captions[i:i + 1024]) for i in range(0, len(captions), 1024)])
+        finally:
+            self.config.whiten_text = True
+        eigenvalues, vectors = torch.linalg.eigh(torch.cov((s - s.mean(0)).T.double()))
+        scale = (eigenvalues.clamp(min=0) + self.config.whiten_eps).rsqrt()
+        self.text_mean.copy_(s.mean(0))
+        self.text_whitening.copy_((vectors * scale) @ vectors.T)
 
     def noise(self, seeds: list[int], truncation: float | None = None) -> torch.Tensor:
         """z per seed; with truncation t, entries outside [-t, t] are redrawn (the truncation trick)."""
@@ -210,7 +282,10 @@ class DFGAN(TextToImageModel):
                 "generator": torch.optim.Adam(self.generator.parameters(), lr=learning_rate, betas=(0.0, 0.9))}
 
     def prepare_training(self, config, device):
-        """Take the frozen text encoder from a trained model folder (init.text_encoder), if named."""
+        """Take the frozen text encoder from a trained model folder (init.text_encoder), if named; in
+        latent mode take the autoencoder (init.autoencoder: an autoencoder folder, or a latent diffusion
+        model's) and encode the training latents once."""
+        from trilemma.data.cache import latent_training_set
         from trilemma.data.dataset import ShapesDataset
         from trilemma.model import TrainableModel
 
@@ -225,13 +300,38 @@ class DFGAN(TextToImageModel):
                                  f"{self.text_encoder.hidden_size}; set the model's text_encoder hidden_size to match")
             self.config.text_encoder = {k: v for k, v in asdict(encoder.config).items() if k not in ("vocab_size", "max_length")}
             self.text_encoder = encoder.requires_grad_(False).eval()
-        # Channels-last convolutions train 1.2x faster on this CPU (oneDNN), measured at 64 px.
-        self.generator.to(memory_format=torch.channels_last)
-        self.discriminator.to(memory_format=torch.channels_last)
-        return ShapesDataset(config.data.get("split", "train"), self.resolution, config.seed)
+        if self.autoencoder is not None:
+            source = config.init.get("autoencoder")
+            if source:
+                donor = TrainableModel.from_pretrained(source)
+                autoencoder = donor if isinstance(donor, KLAutoencoder) else getattr(donor, "autoencoder", None)
+                if not isinstance(autoencoder, KLAutoencoder):
+                    raise ValueError(f"{source} is neither a KL autoencoder nor a model with one")
+                if autoencoder.config.latent_channels != self.config.channels or \
+                        self.resolution // autoencoder.config.downsample != self.config.grid:
+                    raise ValueError(f"{source}: its latent shape differs from the one this GAN was built for; "
+                                     "set the model's 'autoencoder' config to match it")
+                self._set_autoencoder(autoencoder)
+            self.autoencoder.to(device)
+            latents, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
+            self.config.latent_scale = float(1.0 / latents.std())
+        else:
+            # Channels-last convolutions train 1.2x faster on this CPU (oneDNN), measured at 64 px.
+            self.generator.to(memory_format=torch.channels_last)
+            self.discriminator.to(memory_format=torch.channels_last)
+            dataset = ShapesDataset(config.data.get("split", "train"), self.resolution, config.seed)
+        if self.config.whiten_text:
+            self.text_encoder.to(device)
+            self.to(device)
+            n = min(len(dataset), int(config.data.get("whitening_captions", 20000)))
+            self.fit_whitening([dataset[i]["text"] for i in range(n)])
+        return dataset
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
-        real = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+        if self.autoencoder is not None:
+            real = batch["latents"] * self.config.latent_scale
+        else:
+            real = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
         sentence = self.sentence_embedding(batch["text"])
         b = real.shape[0]
         z = torch.randn(b, self.config.z_dim, device=real.device)
@@ -273,8 +373,14 @@ class DFGAN(TextToImageModel):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             z = self.noise([seed + start + i for i in range(len(chunk))], truncation)
-            images += to_pil(self.generator(z, self.sentence_embedding(chunk)))
+            images += to_pil(self.render(self.generator(z, self.sentence_embedding(chunk))))
         return images
+
+    def render(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's output as pixels in [-1, 1]: itself, or its decoded latent."""
+        if self.autoencoder is None:
+            return x
+        return self.autoencoder.decode(x / self.config.latent_scale).clamp(-1.0, 1.0)
 
     @torch.no_grad()
     def interpolate(self, prompt_a: str, prompt_b: str, steps: int = 8, seed: int = 0, seed_b: int | None = None,
@@ -295,7 +401,7 @@ class DFGAN(TextToImageModel):
         ts = torch.linspace(0.0, 1.0, steps, device=z_a.device)
         z = torch.stack([_slerp(z_a, z_b, t) if mode != "text" else z_a for t in ts])
         s = torch.stack([torch.lerp(s_a, s_b, t) if mode != "z" else s_a for t in ts])
-        return to_pil(self.generator(z, s))
+        return to_pil(self.render(self.generator(z, s)))
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
