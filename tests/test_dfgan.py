@@ -123,7 +123,8 @@ def test_latent_gan_trains_on_cached_latents_of_a_saved_autoencoder(tmp_path):
     torch.manual_seed(0)
     autoencoder = KLAutoencoder.from_config(TINY_AE)
     autoencoder.save_pretrained(tmp_path / "ae")
-    config = TrainConfig(model_class="DFGAN", model={**TINY_GAN, "autoencoder": TINY_AE, "latent_blocks": 1},
+    config = TrainConfig(model_class="DFGAN", model={**TINY_GAN, "autoencoder": TINY_AE, "latent_blocks": 1,
+                                                     "hard_mismatch": True, "whiten_text": True},
                          init={"autoencoder": str(tmp_path / "ae")}, data={"resolution": 32, "cache_latents": 8},
                          batch_size=2, learning_rate=1e-4, steps=2, checkpoint_every=2, sample_every=0, log_every=1,
                          output_dir=str(tmp_path / "run"))
@@ -131,10 +132,17 @@ def test_latent_gan_trains_on_cached_latents_of_a_saved_autoencoder(tmp_path):
     assert (tmp_path / "run" / "latent_cache" / "model.safetensors").is_file()
     model = trilemma.load(final)
     assert model.config.latent_scale != 1.0  # set from the cached latents' spread
+    assert not torch.equal(model.text_whitening, torch.eye(32))  # fitted on the training captions
     # The frozen autoencoder ships inside the GAN, unchanged by training.
     for k, v in autoencoder.state_dict().items():
         assert torch.equal(model.autoencoder.state_dict()[k], v), k
     assert model.generate(["a red circle"])[0].size == (32, 32)
+    # Hard mismatches: half the mismatched pairs are the scenes' contradicting captions.
+    batch = {"latents": torch.randn(4, 4, 8, 8), "text": ["a red circle"] * 4, "negative_text": ["a blue circle"] * 4}
+    model.train()
+    loss = model.training_step(batch, "discriminator")["d_mismatch"]
+    model.config.hard_mismatch = False
+    assert loss != model.training_step(batch, "discriminator")["d_mismatch"]
     bad = TrainConfig(**{**config.__dict__, "model": {**TINY_GAN, "autoencoder": {**TINY_AE, "latent_channels": 3}},
                          "output_dir": str(tmp_path / "bad")})
     with pytest.raises(ValueError, match="latent shape"):

@@ -17,10 +17,11 @@ def _classes() -> dict:
     from trilemma.diffusion.latent_diffusion import LatentDiffusion
     from trilemma.eval.features import ShapesFeatureNet
     from trilemma.gan.dfgan import DFGAN
+    from trilemma.text.matching import SentenceMatching
 
     return {"KLAutoencoder": KLAutoencoder, "LatentDiffusion": LatentDiffusion, "ImagenCascade": ImagenCascade,
             "VQTokenizer": VQTokenizer, "DalleTransformer": DalleTransformer,
-            "DFGAN": DFGAN, "ShapesFeatureNet": ShapesFeatureNet}
+            "DFGAN": DFGAN, "ShapesFeatureNet": ShapesFeatureNet, "SentenceMatching": SentenceMatching}
 
 
 def model_class(name: str):

@@ -63,6 +63,11 @@ class DFGANConfig:
     # got colors right and shapes wrong.
     whiten_text: bool = False
     whiten_eps: float = 1e-3
+    # Half of the mismatched pairs are hard negatives (trilemma.text.matching.hard_negative: the same
+    # scene's caption with its relation flipped, colors swapped, count or one attribute changed)
+    # instead of another image's caption. Random pairs almost never differ in only the relation,
+    # so without them the discriminator has no reason to check "left" against the image.
+    hard_mismatch: bool = False
 
     @property
     def grid(self) -> int:
@@ -320,6 +325,10 @@ class DFGAN(TextToImageModel):
             self.generator.to(memory_format=torch.channels_last)
             self.discriminator.to(memory_format=torch.channels_last)
             dataset = ShapesDataset(config.data.get("split", "train"), self.resolution, config.seed)
+        if self.config.hard_mismatch:
+            from trilemma.text.matching import with_hard_negatives
+
+            dataset = with_hard_negatives(dataset)
         if self.config.whiten_text:
             self.text_encoder.to(device)
             self.to(device)
@@ -343,6 +352,9 @@ class DFGAN(TextToImageModel):
             real_logits = D.logits(real_features, sentence)
             # Mismatched pairs: each image with the next image's sentence.
             mismatch_logits = D.logits(real_features, sentence.roll(1, dims=0))
+            if self.config.hard_mismatch:
+                hard_logits = D.logits(real_features, self.sentence_embedding(batch["negative_text"]))
+                mismatch_logits = torch.cat([mismatch_logits[: b // 2], hard_logits[b // 2:]])
             with torch.no_grad():
                 fake = self.generator(z, sentence)
             fake_logits = D.logits(D.features(fake), sentence)

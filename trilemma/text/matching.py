@@ -1,0 +1,213 @@
+"""A sentence encoder pretrained to match images, as DF-GAN's text encoder was.
+
+DF-GAN (and AttnGAN before it) conditions on a sentence vector from a text encoder pretrained with
+DAMSM (Xu et al., 2018, "AttnGAN"): text and image encoders trained so that a caption scores its
+own image above the other images of the batch. This is the sentence-level half of that objective
+(the word-level attention half is left out: DF-GAN reads only the sentence vector), in its
+symmetric InfoNCE form (CLIP, Radford et al., 2021), written by hand since no library ships it.
+
+Why the project needs it: the text encoders trained inside the diffusion models hardly move their
+mean-pooled vector when a prompt says "left" instead of "right" (0.5 apart after whitening, where
+two wordings of the same scene lie 7.7 apart), and a bidirectional one pools "a red square and a
+blue circle" onto "a red circle and a blue square". A GAN conditioned on such a vector cannot draw
+relations or bind colors to shapes. In-batch negatives rarely differ from a caption in only its
+relation, so each caption also gets a hard negative (NegCLIP, Yuksekgonul et al., 2023): the
+caption of the same scene with its relation flipped, its colors swapped between objects, its count
+or one attribute changed. Those are negatives of the image only (image-to-text direction).
+
+The image tower reads the latents of a frozen KL autoencoder (cached once, as latent diffusion
+does), so a step costs little more than the text encoder; it flattens a 4x4 map rather than
+pooling it, keeping where things are.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trilemma.data.shapes import _INVERSE, COLORS, SHAPES, Scene
+from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
+from trilemma.model import TrainableModel
+from trilemma.text.encoder import TransformerTextEncoder
+from trilemma.text.pretrained import build_text_encoder
+from trilemma.text.tokenizer import PromptTokenizer
+
+
+@dataclass
+class SentenceMatchingConfig:
+    resolution: int = 64
+    autoencoder: dict = field(default_factory=lambda: asdict(AutoencoderConfig()))
+    latent_scale: float = 1.0  # 1 / std of the training latents, set when training starts
+    # Bidirectional (T5-style) by default: every token's state sees the whole prompt, and the
+    # sentence vector is their mean, which is what DF-GAN's fusion reads.
+    text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4,
+                                                        "architecture": "t5"})
+    tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
+    image_channels: int = 128
+    embed_dim: int = 128
+    hard_negatives: bool = True
+
+
+def hard_negative(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same scene with what its caption says changed: a caption that does not describe it."""
+    neg = copy.deepcopy(scene)
+    o = neg.objects
+    if scene.category == "position" and rng.random() < 0.5:
+        neg.relation = _INVERSE[scene.relation]
+        return neg
+    if scene.category == "count":
+        n = int(rng.choice([k for k in (2, 3, 4) if k != len(o)]))
+        neg.objects = [copy.deepcopy(o[0]) for _ in range(n)]
+        return neg
+    if len(o) == 2 and o[0].color != o[1].color and o[0].shape != o[1].shape and rng.random() < 0.5:
+        o[0].color, o[1].color = o[1].color, o[0].color  # the binding, not the words, changes
+        return neg
+    k = int(rng.integers(len(o)))
+    target, rest = o[k], {(x.color, x.shape) for i, x in enumerate(o) if i != k}
+    # One attribute of one object, never onto the other object (a caption naming it twice is not a Shapes caption).
+    options = [(c, target.shape) for c in COLORS if c != target.color] if rng.random() < 0.5 else \
+        [(target.color, sh) for sh in SHAPES if sh != target.shape]
+    options = [x for x in options if x not in rest]
+    target.color, target.shape = options[int(rng.integers(len(options)))]
+    return neg
+
+
+class _WithHardNegatives(torch.utils.data.Dataset):
+    def __init__(self, data):
+        if not hasattr(data, "scenes"):
+            raise ValueError("hard negatives need a dataset of cached scenes (a latent cache)")
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.data[index]
+        scene = self.data.scenes[index % len(self.data.scenes)]
+        rng = np.random.default_rng([self.data.seed, index, 2])
+        return {**item, "negative_text": hard_negative(scene, rng).caption(rng)}
+
+
+def with_hard_negatives(dataset) -> torch.utils.data.Dataset:
+    """Items of `dataset` with a "negative_text": a caption of the item's scene, changed to contradict it."""
+    return _WithHardNegatives(dataset)
+
+
+class SentenceMatching(TrainableModel):
+    family = "text"
+
+    def __init__(self, config: SentenceMatchingConfig):
+        super().__init__()
+        self.config = config
+        self.resolution = config.resolution
+        self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
+        self.text_encoder, self.tokenize, config.text_encoder = build_text_encoder(config.text_encoder, self.tokenizer)
+        if not isinstance(self.text_encoder, TransformerTextEncoder):
+            raise ValueError("SentenceMatching trains its own text encoder; a frozen pretrained one has nothing to learn")
+        self.autoencoder = KLAutoencoder.from_config(config.autoencoder).requires_grad_(False)
+        ae = self.autoencoder.config
+        c, grid = config.image_channels, config.resolution // ae.downsample
+        self.image_tower = nn.Sequential(
+            nn.Conv2d(ae.latent_channels, c // 2, 3, 1, 1), nn.GELU(),
+            nn.Conv2d(c // 2, c, 3, 2, 1), nn.GELU(),
+            nn.Conv2d(c, c, 3, 1, 1), nn.GELU(),
+            nn.Flatten(), nn.Linear(c * math.ceil(grid / 2) ** 2, config.embed_dim))
+        self.text_projection = nn.Linear(self.text_encoder.hidden_size, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def to_config(self) -> dict:
+        return asdict(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SentenceMatching":
+        return cls(SentenceMatchingConfig(**config))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.autoencoder.eval()
+        return self
+
+    # --- the two towers -----------------------------------------------------------
+    def sentence(self, prompts: list[str]) -> torch.Tensor:
+        """The sentence vector DF-GAN reads: the masked mean of the token states (before projection)."""
+        device = self.text_projection.weight.device
+        ids, mask = self.tokenize(prompts)
+        states, _ = self.text_encoder(ids.to(device), mask.to(device))
+        weights = mask.to(device, states.dtype).unsqueeze(-1)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    def embed_text(self, prompts: list[str]) -> torch.Tensor:
+        return F.normalize(self.text_projection(self.sentence(prompts)), dim=-1)
+
+    def embed_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_tower(latents * self.config.latent_scale), dim=-1)
+
+    @torch.no_grad()
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] through the frozen autoencoder's encoder, then the image tower."""
+        return self.embed_latents(self.autoencoder.encode(pixels))
+
+    # --- training -----------------------------------------------------------------
+    def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
+
+    def prepare_training(self, config, device):
+        from trilemma.data.cache import latent_training_set
+
+        source = config.init.get("autoencoder")
+        if source:
+            donor = TrainableModel.from_pretrained(source)
+            autoencoder = donor if isinstance(donor, KLAutoencoder) else getattr(donor, "autoencoder", None)
+            if not isinstance(autoencoder, KLAutoencoder) or autoencoder.to_config() != self.autoencoder.to_config():
+                raise ValueError(f"{source} holds no KL autoencoder of the configured shape; set the model's "
+                                 "'autoencoder' config to match it")
+            self.autoencoder = autoencoder.requires_grad_(False).eval()
+        self.autoencoder.to(device)
+        latents, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
+        self.config.latent_scale = float(1.0 / latents.std())
+        return with_hard_negatives(dataset) if self.config.hard_negatives else dataset
+
+    def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
+        images = self.embed_latents(batch["latents"])
+        texts = self.embed_text(batch["text"] + batch.get("negative_text", []))
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        b = images.shape[0]
+        target = torch.arange(b, device=images.device)
+        image_to_text = scale * images @ texts.T  # (B, B or 2B): hard negatives count against the image only
+        text_to_image = scale * texts[:b] @ images.T
+        loss = (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target)) / 2
+        with torch.no_grad():
+            acc = (image_to_text.argmax(1) == target).float().mean()
+            hard = (image_to_text[target, target] > image_to_text[target, target + b]).float().mean() \
+                if image_to_text.shape[1] > b else torch.tensor(float("nan"))
+        return {"loss": loss, "retrieval": acc, "beats_hard_negative": hard}
+
+
+@torch.no_grad()
+def hard_negative_accuracy(model: SentenceMatching, split: str = "test", n: int = 500, seed: int = 0) -> dict:
+    """Per category, how often an image scores its own prompt above that prompt's hard negative."""
+    from trilemma.data.dataset import ShapesDataset
+
+    data = ShapesDataset(split, model.resolution, seed, paraphrase=False)
+    rows = {}
+    for start in range(0, n, 100):
+        idx = list(range(start, min(n, start + 100)))
+        scenes = [data.scene(i) for i in idx]
+        pixels = torch.stack([data[i]["pixel_values"] for i in idx])
+        images = model.embed_images(pixels)
+        rng = np.random.default_rng([seed, start, 3])
+        negatives = [hard_negative(s, rng).prompt for s in scenes]
+        own = (images * model.embed_text([s.prompt for s in scenes])).sum(-1)
+        other = (images * model.embed_text(negatives)).sum(-1)
+        for s, win in zip(scenes, (own > other).tolist()):
+            rows.setdefault(s.category, []).append(win)
+    out = {k: float(np.mean(v)) for k, v in sorted(rows.items())}
+    out["overall"] = float(np.mean([w for v in rows.values() for w in v]))
+    return out
