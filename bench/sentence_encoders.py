@@ -25,6 +25,7 @@ import torch
 
 from trilemma.data.dataset import ShapesDataset
 from trilemma.model import TrainableModel
+from trilemma.text.encoder import masked_mean
 from trilemma.text.matching import SentenceMatching, hard_negative, hard_negative_accuracy
 
 
@@ -37,9 +38,7 @@ def sentence_function(model):
 
     def sentence(prompts):
         ids, mask = tokenize(prompts)
-        states, _ = encoder(ids, mask)
-        w = mask.unsqueeze(-1).to(states.dtype)
-        return (states * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return masked_mean(encoder(ids, mask)[0], mask)
     return sentence
 
 

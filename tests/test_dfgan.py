@@ -60,7 +60,8 @@ def test_losses_train_the_right_player():
 def test_gan_trains_through_the_loop_and_divergence_stops_it(tmp_path):
     from trilemma.train.loop import TrainConfig, TrainingDiverged, train
 
-    common = dict(model_class="DFGAN", model=TINY_GAN, data={"resolution": 32}, batch_size=2, learning_rate=1e-4,
+    # Hard mismatched pairs work on the rendering dataset too (the latent test covers the cache).
+    common = dict(model_class="DFGAN", model={**TINY_GAN, "hard_mismatch": True}, data={"resolution": 32}, batch_size=2, learning_rate=1e-4,
                   warmup_steps=1, sample_every=0, log_every=1)
     final = train(TrainConfig(**common, output_dir=str(tmp_path / "run"), steps=2, checkpoint_every=2))
     row = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])

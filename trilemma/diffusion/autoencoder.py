@@ -87,3 +87,12 @@ class KLAutoencoder(TrainableModel):
         images = to_pil(torch.cat([x, self.reconstruct(x)]))
         captions = [data[i]["prompt"] for i in range(len(prompts))] + ["reconstruction"] * len(prompts)
         return images, captions
+
+
+def load_autoencoder(source: str) -> KLAutoencoder:
+    """The KL autoencoder in a checkpoint folder: an autoencoder's own, or the one inside a latent model."""
+    donor = TrainableModel.from_pretrained(source)
+    autoencoder = donor if isinstance(donor, KLAutoencoder) else getattr(donor, "autoencoder", None)
+    if not isinstance(autoencoder, KLAutoencoder):
+        raise ValueError(f"{source} is neither a KL autoencoder nor a model with one")
+    return autoencoder

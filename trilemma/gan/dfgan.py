@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.diffusion.autoencoder import KLAutoencoder
+from trilemma.diffusion.autoencoder import KLAutoencoder, load_autoencoder
 from trilemma.model import TextToImageModel, check_prompts, to_pil
-from trilemma.text.encoder import TransformerTextEncoder
+from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
 
@@ -241,8 +241,7 @@ class DFGAN(TextToImageModel):
         device = self.generator.fc.weight.device
         ids, mask = self.tokenize(prompts)
         states, _ = self.text_encoder(ids.to(device), mask.to(device))
-        weights = mask.to(device, states.dtype).unsqueeze(-1)
-        sentence = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        sentence = masked_mean(states, mask)
         if self.config.whiten_text:
             sentence = (sentence - self.text_mean) @ self.text_whitening
         return sentence
@@ -308,10 +307,7 @@ class DFGAN(TextToImageModel):
         if self.autoencoder is not None:
             source = config.init.get("autoencoder")
             if source:
-                donor = TrainableModel.from_pretrained(source)
-                autoencoder = donor if isinstance(donor, KLAutoencoder) else getattr(donor, "autoencoder", None)
-                if not isinstance(autoencoder, KLAutoencoder):
-                    raise ValueError(f"{source} is neither a KL autoencoder nor a model with one")
+                autoencoder = load_autoencoder(source)
                 if autoencoder.config.latent_channels != self.config.channels or \
                         self.resolution // autoencoder.config.downsample != self.config.grid:
                     raise ValueError(f"{source}: its latent shape differs from the one this GAN was built for; "

@@ -79,3 +79,9 @@ class TransformerTextEncoder(nn.Module):
 
     def to_config(self) -> dict:
         return asdict(self.config)
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of token states over real tokens: the sentence vector DF-GAN's fusion reads."""
+    weights = mask.to(states.device, states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)

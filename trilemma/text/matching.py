@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.data.shapes import _INVERSE, COLORS, SHAPES, Scene
-from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
+from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder, load_autoencoder
 from trilemma.model import TrainableModel
-from trilemma.text.encoder import TransformerTextEncoder
+from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
 
@@ -80,8 +80,6 @@ def hard_negative(scene: Scene, rng: np.random.Generator) -> Scene:
 
 class _WithHardNegatives(torch.utils.data.Dataset):
     def __init__(self, data):
-        if not hasattr(data, "scenes"):
-            raise ValueError("hard negatives need a dataset of cached scenes (a latent cache)")
         self.data = data
 
     def __len__(self) -> int:
@@ -89,7 +87,8 @@ class _WithHardNegatives(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.data[index]
-        scene = self.data.scenes[index % len(self.data.scenes)]
+        # A latent cache holds N scenes and repeats them; the rendering dataset draws scene i itself.
+        scene = self.data.scenes[index % len(self.data.scenes)] if hasattr(self.data, "scenes") else self.data.scene(index)
         rng = np.random.default_rng([self.data.seed, index, 2])
         return {**item, "negative_text": hard_negative(scene, rng).caption(rng)}
 
@@ -139,8 +138,7 @@ class SentenceMatching(TrainableModel):
         device = self.text_projection.weight.device
         ids, mask = self.tokenize(prompts)
         states, _ = self.text_encoder(ids.to(device), mask.to(device))
-        weights = mask.to(device, states.dtype).unsqueeze(-1)
-        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return masked_mean(states, mask)
 
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
         return F.normalize(self.text_projection(self.sentence(prompts)), dim=-1)
@@ -163,9 +161,8 @@ class SentenceMatching(TrainableModel):
 
         source = config.init.get("autoencoder")
         if source:
-            donor = TrainableModel.from_pretrained(source)
-            autoencoder = donor if isinstance(donor, KLAutoencoder) else getattr(donor, "autoencoder", None)
-            if not isinstance(autoencoder, KLAutoencoder) or autoencoder.to_config() != self.autoencoder.to_config():
+            autoencoder = load_autoencoder(source)
+            if autoencoder.to_config() != self.autoencoder.to_config():
                 raise ValueError(f"{source} holds no KL autoencoder of the configured shape; set the model's "
                                  "'autoencoder' config to match it")
             self.autoencoder = autoencoder.requires_grad_(False).eval()
