@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +22,11 @@ def test_cascade_round_trips_and_generates_its_last_resolution(tmp_path):
     prompts = ["a red circle above a blue square", "three green circles"]
     a, b = model.generate(prompts, seed=4), again.generate(prompts, seed=4, batch_size=1)
     assert [im.size for im in a] == [(32, 32)] * 2
-    assert [im.tobytes() for im in a] == [im.tobytes() for im in b]  # same seed, same bytes, any batch size
+    # Same seed, same image, any batch size: to within one level of rounding, since a convolution's float sums
+    # depend on the batch shape (about 5e-6 here), which can move a pixel across a rounding boundary.
+    for x, y in zip(a, b):
+        diff = np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert model.generate(prompts[:1], seed=4, stages=1)[0].size == (16, 16)
 
 
@@ -48,6 +53,20 @@ def test_dynamic_thresholding_is_a_generate_option():
     assert images["none"].tobytes() != images["dynamic"].tobytes()
     with pytest.raises(ValueError, match="unknown thresholding"):
         model.generate(["a red circle"], thresholding="soft")
+
+
+def test_dynamic_thresholding_cap_is_per_stage_and_overridable():
+    torch.manual_seed(0)
+    model = ImagenCascade.from_config(TINY_IMAGEN)
+    assert model._threshold_caps(None) == [1.5] + [1.0] * (len(model.config.resolutions) - 1)  # DeepFloyd IF's
+    assert model._threshold_caps(float("inf")) == [float("inf")] * len(model.config.resolutions)
+    run = lambda **o: model.sample_tensors(["a red circle"], seed=1, guidance_scale=20.0, thresholding="dynamic", **o)  # noqa: E731
+    capped, uncapped = run(), run(threshold_max_value=float("inf"), threshold_percentile=0.995)
+    assert not torch.equal(capped, uncapped)
+    assert torch.equal(run(threshold_max_value=1.0), model.sample_tensors(["a red circle"], seed=1, guidance_scale=20.0,
+                                                                          thresholding="static"))
+    with pytest.raises(ValueError, match="cap"):
+        run(threshold_max_value=0.5)
 
 
 def test_every_stage_trains_through_the_one_loop(tmp_path):

@@ -10,14 +10,28 @@ from trilemma.diffusion.thresholding import threshold, thresholded_output
 def test_dynamic_thresholding_matches_diffusers():
     torch.manual_seed(0)
     x0 = torch.randn(6, 3, 16, 16) * torch.tensor([0.2, 0.9, 1.5, 3.0, 8.0, 20.0]).view(6, 1, 1, 1)
-    for p in (0.9, 0.995):
-        ours = threshold(x0, "dynamic", p)
-        theirs = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=p, sample_max_value=1e9)._threshold_sample(x0)
-        assert torch.allclose(ours, theirs, atol=1e-6)
+    # Capped as DeepFloyd IF runs it (stage I 1.5, SR stages 1.0), and uncapped as in Imagen's pseudocode.
+    for p, cap in ((0.95, 1.5), (0.95, 1.0), (0.9, 3.0), (0.995, float("inf"))):
+        ours = threshold(x0, "dynamic", p, cap)
+        theirs = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=p,
+                               sample_max_value=1e9 if cap == float("inf") else cap)._threshold_sample(x0)
+        assert torch.allclose(ours, theirs, atol=1e-6), (p, cap)
     # Samples already inside [-1, 1] are untouched; saturated ones are pulled in, not clipped flat.
-    out = threshold(x0, "dynamic", 0.995)
+    out = threshold(x0, "dynamic", 0.995, float("inf"))
     assert torch.equal(out[0], x0[0]) and out.abs().max() <= 1.0
     assert (out[5].abs() == 1.0).float().mean() < 0.01
+
+
+def test_the_cap_bounds_s_and_a_cap_of_one_is_static_clipping():
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 3, 8, 8) * 10
+    capped = threshold(x0, "dynamic", 0.95, 1.5)
+    # With s capped at 1.5, x0 is clipped to [-1.5, 1.5] and divided by 1.5: the extremes land on +-1 exactly.
+    assert torch.allclose(capped, x0.clamp(-1.5, 1.5) / 1.5)
+    assert torch.equal(threshold(x0, "dynamic", 0.95, 1.0), threshold(x0, "static"))
+    for bad in ((0.0, 1.5), (float("nan"), 1.5), (0.95, 0.5), (0.95, float("nan"))):
+        with pytest.raises(ValueError, match="percentile|cap"):
+            threshold(x0, "dynamic", *bad)
 
 
 def test_static_thresholding_clips_and_none_is_identity():

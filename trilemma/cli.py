@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
     gen.add_argument("--eta", type=float, help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
     gen.add_argument("--thresholding", choices=["none", "static", "dynamic"], help="pixel models: Imagen's x0 thresholding")
+    gen.add_argument("--threshold-percentile", type=float,
+                     help="pixel models: dynamic thresholding's percentile p of |x0| (default 0.95, DeepFloyd IF's)")
+    gen.add_argument("--threshold-max-value", type=float,
+                     help="pixel models: cap on dynamic thresholding's s in every stage (default: 1.5 base, 1.0 SR, "
+                          "as DeepFloyd IF; inf: uncapped, Imagen's pseudocode)")
     gen.add_argument("--aug-level", type=float, help="cascades: noise level of the SR stages' low-resolution input")
     gen.add_argument("--sr-steps", type=_positive(int), help="cascades: sampling steps of each SR stage")
     gen.add_argument("--temperature", type=float, help="autoregressive models: sampling temperature")
@@ -186,6 +191,8 @@ def cmd_generate(args) -> None:
         raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not draw images from text")
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
                                  "eta": args.eta, "thresholding": args.thresholding, "aug_level": args.aug_level,
+                                 "threshold_percentile": args.threshold_percentile,
+                                 "threshold_max_value": args.threshold_max_value,
                                  "sr_steps": args.sr_steps, "temperature": args.temperature, "top_k": args.top_k,
                                  "top_p": args.top_p, "truncation": args.truncation}.items() if v is not None}
     if args.negative_prompt:

@@ -29,6 +29,7 @@ from torch import nn
 
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
+from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder
@@ -72,7 +73,11 @@ class ImagenConfig:
     guidance_scale: float = 3.0
     sr_guidance_scale: float | None = None  # None: the base's guidance_scale
     thresholding: str = "dynamic"
-    threshold_percentile: float = 0.995
+    # Dynamic thresholding as DeepFloyd IF runs it: percentile 0.95, s capped at 1.5 in the base stage and
+    # at 1.0 in the SR stages (there the cap makes it static clipping). None: uncapped (Imagen's pseudocode).
+    threshold_percentile: float = 0.95
+    threshold_max_value: float | None = 1.5
+    sr_threshold_max_value: float | None = 1.0
 
 
 class ImagenCascade(TextToImageModel):
@@ -94,6 +99,8 @@ class ImagenCascade(TextToImageModel):
             if config.sr_crop % factor or any(config.sr_crop > r for r in config.resolutions[1:]):
                 raise ValueError(f"sr_crop {config.sr_crop} must divide by {factor} (the SR U-Nets' down-sampling) "
                                  f"and be no larger than an SR stage's resolution {config.resolutions[1:]}")
+        for cap in (config.threshold_max_value, config.sr_threshold_max_value):
+            check_threshold_options(config.threshold_percentile, UNCAPPED if cap is None else cap)
         self.config = config
         self.resolution = config.resolutions[-1]
         self.tokenizer = PromptTokenizer.from_config(config.tokenizer)
@@ -261,17 +268,24 @@ class ImagenCascade(TextToImageModel):
     def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
                  eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
-                 sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None):
-        """Images from the last stage (or from the first `stages` stages), one per prompt."""
+                 sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None,
+                 threshold_percentile: float | None = None, threshold_max_value: float | None = None):
+        """Images from the last stage (or from the first `stages` stages), one per prompt.
+
+        `threshold_max_value` caps dynamic thresholding's s in every stage (inf: uncapped, as in Imagen's
+        pseudocode); unset, each stage takes its config's cap.
+        """
         return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
-                                          progress, eta, thresholding, aug_level, sr_steps, stages, sr_guidance_scale))
+                                          progress, eta, thresholding, aug_level, sr_steps, stages, sr_guidance_scale,
+                                          threshold_percentile, threshold_max_value))
 
     @torch.no_grad()
     def sample_tensors(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                        sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
                        eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
                        sr_steps: int | None = None, stages: int | None = None,
-                       sr_guidance_scale: float | None = None) -> torch.Tensor:
+                       sr_guidance_scale: float | None = None, threshold_percentile: float | None = None,
+                       threshold_max_value: float | None = None) -> torch.Tensor:
         """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot)."""
         prompts = check_prompts(prompts)
         options = dict(steps=self.config.sampling_steps if steps is None else steps,
@@ -283,7 +297,12 @@ class ImagenCascade(TextToImageModel):
                        sampler=sampler or self.config.sampler, negative_prompt=negative_prompt, eta=eta,
                        thresholding=self.config.thresholding if thresholding is None else thresholding,
                        aug_level=self.config.sampling_aug_level if aug_level is None else aug_level,
-                       stages=len(self.config.resolutions) if stages is None else stages, progress=progress)
+                       stages=len(self.config.resolutions) if stages is None else stages, progress=progress,
+                       percentile=self.config.threshold_percentile if threshold_percentile is None else threshold_percentile,
+                       max_values=self._threshold_caps(threshold_max_value))
+        if options["thresholding"] == "dynamic":
+            for cap in options["max_values"]:
+                check_threshold_options(options["percentile"], cap)
         if options["steps"] < 1 or options["sr_steps"] < 1:
             raise ValueError("steps must be at least 1")
         if not 0.0 <= options["aug_level"] <= 1.0:
@@ -296,8 +315,15 @@ class ImagenCascade(TextToImageModel):
             chunks.append(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **options))
         return torch.cat(chunks)
 
+    def _threshold_caps(self, override: float | None) -> list[float]:
+        """Dynamic thresholding's cap on s for each stage: the override everywhere, or each stage's config."""
+        if override is not None:
+            return [float(override)] * len(self.config.resolutions)
+        caps = [self.config.threshold_max_value] + [self.config.sr_threshold_max_value] * n_sr(self.config)
+        return [UNCAPPED if c is None else float(c) for c in caps]
+
     def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sr_guidance_scale, sampler, negative_prompt, eta,
-                 thresholding, aug_level, stages, progress) -> torch.Tensor:
+                 thresholding, aug_level, stages, progress, percentile, max_values) -> torch.Tensor:
         image, base_scale = None, guidance_scale
         for stage in range(stages):
             guidance_scale = base_scale if stage == 0 else sr_guidance_scale
@@ -316,7 +342,7 @@ class ImagenCascade(TextToImageModel):
                 denoise = lambda x, t, st, m, low_res=low_res, aug_t=aug_t, stage=stage: self.denoise(stage, x, t, st, m, low_res, aug_t)  # noqa: E731
             image = sample(denoise, (3, size, size), stage_seeds, make_sampler(sampler, self.noise_scheduler.config),
                            steps if stage == 0 else sr_steps, cond, uncond, guidance_scale, self.config.prediction_type,
-                           thresholding=thresholding, percentile=self.config.threshold_percentile, eta=eta,
+                           thresholding=thresholding, percentile=percentile, max_value=max_values[stage], eta=eta,
                            progress=progress, device=device)
             if stage < stages - 1:
                 image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range

@@ -16,7 +16,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from trilemma.diffusion.thresholding import MODES as THRESHOLDING_MODES
-from trilemma.diffusion.thresholding import thresholded_output
+from trilemma.diffusion.thresholding import IF_MAX_VALUE, IF_PERCENTILE, check_threshold_options, thresholded_output
 from trilemma.progress import progress as progress_bar
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
@@ -53,13 +53,16 @@ def seeded_noise(shape: tuple[int, ...], seeds: list[int], device) -> torch.Tens
 @torch.no_grad()
 def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], scheduler, steps: int,
            cond: tuple[torch.Tensor, torch.Tensor], uncond: tuple[torch.Tensor, torch.Tensor] | None,
-           guidance_scale: float, prediction_type: str, thresholding: str = "none", percentile: float = 0.995,
+           guidance_scale: float, prediction_type: str, thresholding: str = "none", percentile: float = IF_PERCENTILE,
+           max_value: float = IF_MAX_VALUE,
            eta: float = 0.0, progress: bool = False, device=None) -> torch.Tensor:
     """x_0 for each seed. `cond`/`uncond` are (states, mask) of the prompts and of the negative prompt."""
     if steps < 1:
         raise ValueError("steps must be at least 1")
     if thresholding not in THRESHOLDING_MODES:
         raise ValueError(f"unknown thresholding {thresholding!r}; choose one of {', '.join(THRESHOLDING_MODES)}")
+    if thresholding == "dynamic":
+        check_threshold_options(percentile, max_value)
     scheduler.set_timesteps(steps)
     x = seeded_noise(shape, seeds, device) * scheduler.init_noise_sigma
     use_cfg = guidance_scale != 1.0 and uncond is not None
@@ -83,7 +86,7 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
             var_values = var_values.chunk(2)[1] if var_values is not None else None
         if thresholding != "none":
             out = thresholded_output(out, x, alphas_cumprod[t].view(1, *[1] * (x.dim() - 1)), prediction_type,
-                                     thresholding, percentile)
+                                     thresholding, percentile, max_value)
         if var_values is not None and getattr(scheduler.config, "variance_type", None) == "learned_range" \
                 and isinstance(scheduler, DDPMScheduler):
             if t == last:
