@@ -19,6 +19,15 @@ from trilemma.model import TrainableModel
 from trilemma.registry import WEIGHTS_DIR
 
 
+def card_scores(report: dict) -> dict:
+    """The pass rates a card's scores.json carries, from a bench/score_model.py report."""
+    return {"test": report["splits"]["test"]["summary"]["overall"]["pass_rate"],
+            "test-novel": report["splits"]["test-novel"]["summary"]["overall"]["pass_rate"],
+            "n_per_split": report["n"], "scorer_version": report.get("scorer_version", 1),
+            "per_category": {s: {k: v["pass_rate"] for k, v in r["summary"].items() if k != "by_pairs"}
+                             for s, r in report["splits"].items()}}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("source")
@@ -31,7 +40,16 @@ def main():
                          "when the scores were measured with it")
     ap.add_argument("--training-minutes", type=float,
                     help="total training minutes over every run that made the model (default: the last run's)")
+    ap.add_argument("--scores-only", action="store_true",
+                    help="only rewrite the shipped model's scores.json from --scores (a re-scoring), keeping its training minutes")
     args = ap.parse_args()
+    if args.scores_only:
+        dest = WEIGHTS_DIR / args.name
+        old = json.loads((dest / "scores.json").read_text())
+        scores = {**old, **card_scores(json.loads(Path(args.scores).read_text())), "training_minutes": old.get("training_minutes")}
+        (dest / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+        print(dest, {k: scores[k] for k in ("test", "test-novel", "scorer_version")})
+        return
     model = TrainableModel.from_pretrained(args.source)
     for item in args.set:
         key, _, value = item.partition("=")
@@ -41,11 +59,8 @@ def main():
     dest = WEIGHTS_DIR / args.name
     report = json.loads(Path(args.scores).read_text())
     training = json.loads((Path(args.source) / "training.json").read_text())
-    scores = {"parameters": model.num_parameters(),
-              "test": report["splits"]["test"]["summary"]["overall"]["pass_rate"],
-              "test-novel": report["splits"]["test-novel"]["summary"]["overall"]["pass_rate"],
-              "n_per_split": report["n"], "training_minutes": args.training_minutes or round(training["train_seconds"] / 60, 1),
-              "per_category": {s: {k: v["pass_rate"] for k, v in r["summary"].items() if k != "by_pairs"} for s, r in report["splits"].items()}}
+    scores = {"parameters": model.num_parameters(), **card_scores(report),
+              "training_minutes": args.training_minutes or round(training["train_seconds"] / 60, 1)}
     card = dest / "README.md"
     kept_card = card.read_text() if card.is_file() else None
     model.save_pretrained(dest, dtype=torch.float16, extra_files={"scores.json": scores, "training.json": training})

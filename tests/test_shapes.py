@@ -1,4 +1,4 @@
-"""The Shapes data set follows SHAPES.md: geometry, splits, category mix, captions, determinism."""
+"""The Shapes data set follows docs/shapes.md: geometry, splits, category mix, captions, determinism."""
 
 from collections import Counter
 

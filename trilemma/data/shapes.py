@@ -1,6 +1,6 @@
 """The Shapes benchmark: scene sampler, renderer and caption grammar.
 
-Implements ``shared/SHAPES.md`` to the letter. Every geometry number is a
+Implements ``docs/shapes.md`` to the letter. Every geometry number is a
 fraction of the image side, so one scene renders at any resolution. A scene is
 a pure function of (split, index, seed): the same triple gives the same bytes
 on every machine.
@@ -32,7 +32,7 @@ RELATION_MARGIN = 0.15  # the dominant-axis offset a sampled relation keeps
 # scorer reading centres off pixels (1/64 of the side at R = 64) agrees with the scene.
 DOMINANCE_MARGIN = 0.04
 
-# Held out of `train` entirely (SHAPES.md, Splits): compositional generalization.
+# Held out of `train` entirely (docs/shapes.md, Splits): compositional generalization.
 HELD_OUT_PAIRS = (("green", "triangle"), ("blue", "circle"), ("yellow", "square"))
 ALL_PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)
 SEEN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS)
@@ -90,7 +90,7 @@ class Scene:
 
     @property
     def prompt(self) -> str:
-        """The canonical wording (SHAPES.md, Prompt categories)."""
+        """The canonical wording (docs/shapes.md, Prompt categories)."""
         o = self.objects
         if self.category == "single":
             return o[0].phrase()

@@ -30,7 +30,7 @@ from PIL import Image
 from trilemma.checkpoint import write_json
 from trilemma.data.export import test_prompts
 from trilemma.data.shapes import parse_prompt, render, sample_scene
-from trilemma.eval.scorer import score_image, summarize
+from trilemma.eval.scorer import SCORER_VERSION, score_image, summarize
 from trilemma.progress import progress as progress_bar
 
 # The networks whose forward passes count as function evaluations (the VAE/VQ decoders do not).
@@ -63,6 +63,28 @@ def cached_samples(model, name: str, split: str, n: int, cache: Path, batch_size
             im.save(p)
         images += batch
     return prompts, images
+
+
+def score_samples(prompts: list[str], images: list[Image.Image]) -> dict:
+    """The scorer's pass rates (per category, seen/held-out, overall) of one image per prompt."""
+    records = []
+    for prompt, image in zip(prompts, images):
+        parsed = parse_prompt(prompt)
+        records.append({"category": parsed.category, "novel": parsed.novel, "passed": score_image(image, parsed).passed})
+    return summarize(records)
+
+
+def rescore(report: dict, cache: Path, progress: bool = True) -> dict:
+    """A cached report's alignment measured again with this scorer, on the same samples (drawn again only
+    if the sample cache lacks them); fidelity and cost do not depend on the scorer and are kept."""
+    import trilemma
+
+    model = trilemma.load(report["model"])
+    prompts, images = cached_samples(model, report["model"], report["split"], report["n"], cache, progress=progress)
+    alignment = score_samples(prompts, images)
+    return {**report, "alignment": alignment, "pass_rate": alignment["overall"]["pass_rate"],
+            "scorer_version": SCORER_VERSION,
+            "previous_scorer": {"version": report.get("scorer_version", 1), "pass_rate": report["pass_rate"]}}
 
 
 def real_renders(split: str, n: int, resolution: int = 64) -> list[Image.Image]:
@@ -179,11 +201,7 @@ def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = No
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = trilemma.load(name)
     prompts, images = cached_samples(model, name, split, n, cache, progress=progress)
-    records = []
-    for prompt, image in zip(prompts, images):
-        parsed = parse_prompt(prompt)
-        records.append({"category": parsed.category, "novel": parsed.novel, "passed": score_image(image, parsed).passed})
-    alignment = summarize(records)
+    alignment = score_samples(prompts, images)
     network = load_feature_network(inception_weights)
     real = real_renders(split, n, model.resolution)
     fidelity = fid_kid(network, real, images)
@@ -191,7 +209,7 @@ def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = No
         fidelity.update(precision_recall_density_coverage(extract(network, real), extract(network, images), k))
     report = {"model": name, "family": model.family, "model_class": type(model).__name__, "split": split, "n": n,
               "features": "inception-v3" if inception_weights else "shapes-features", "alignment": alignment,
-              "pass_rate": alignment["overall"]["pass_rate"], "fidelity": fidelity,
+              "pass_rate": alignment["overall"]["pass_rate"], "scorer_version": SCORER_VERSION, "fidelity": fidelity,
               "training_minutes": training_minutes(name)}
     if with_cost:
         report["cost"] = measure_cost(model, name)
@@ -251,6 +269,10 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
         if reuse and cached.is_file():
             report = json.loads(cached.read_text())
             if report.get("split") == split and report.get("n") == n:
+                if report.get("scorer_version", 1) != SCORER_VERSION:  # pass rates from an older scorer
+                    report = rescore(report, cache, progress)
+                    write_json(cached, report)
+                    (folder / "report.md").write_text(report_markdown(report))
                 reports.append(report)
                 continue
         reports.append(evaluate(name, split, n, folder, cache, progress=progress))
@@ -263,19 +285,22 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
     floor = fid_kid(network, reference, others)
     floor.update(precision_recall_density_coverage(extract(network, reference), extract(network, others), 5))
     novel_from_card = all(r["alignment"]["novel"]["pass_rate"] is None for r in reports)
-    header = ("| model | family | parameters | pass rate | " + ("`test-novel` (card)" if novel_from_card else "held-out pairs") +
+    moved = any("previous_scorer" in r for r in reports)  # re-scored after a scorer change: show what moved
+    header = ("| model | family | parameters | pass rate | " + ("was (scorer v1) | " if moved else "") +
+              ("`test-novel` (card)" if novel_from_card else "held-out pairs") +
               " | FID | KID | precision | recall | density | coverage | "
               "images/s (batch 1) | images/s (best) | NFE/image | peak memory | training |")
     rows = [header, "|" + " --- |" * (header.count("|") - 1)]
     for r in reports:
         f, c = r["fidelity"], r["cost"]
         novel = _card_score(r["model"], "test-novel") if novel_from_card else r["alignment"]["novel"]["pass_rate"]
-        rows.append(f"| {Path(r['model']).name} | {r['family']} | {c['parameters'] / 1e6:.1f}M | {_fmt(r['pass_rate'])} | "
+        was = (_fmt(r.get("previous_scorer", {}).get("pass_rate")) + " | ") if moved else ""
+        rows.append(f"| {Path(r['model']).name} | {r['family']} | {c['parameters'] / 1e6:.1f}M | {_fmt(r['pass_rate'])} | {was}"
                     f"{_fmt(novel)} | {f['fid']:.2f} | {f['kid']:.4f} | {_fmt(f.get('precision'))} | "
                     f"{_fmt(f.get('recall'))} | {_fmt(f.get('density'))} | {_fmt(f.get('coverage'))} | {c['images_per_second_batch1']:.2f} | "
                     f"{c['images_per_second_best']:.2f} | {c['function_evaluations_per_image']} | {c['peak_memory_mib']:.0f} MiB | "
                     f"{r['training_minutes']} min |")
-    rows.append(f"| real renders of other scenes (the floor) | | | | | {floor['fid']:.2f} | {floor['kid']:.4f} | "
+    rows.append(f"| real renders of other scenes (the floor) | | | | | {'| ' if moved else ''}{floor['fid']:.2f} | {floor['kid']:.4f} | "
                 f"{floor['precision']:.3f} | {floor['recall']:.3f} | {floor['density']:.3f} | {floor['coverage']:.3f} | | | | | |")
     write_json(out / "floor.json", {"split": split, "n": n, **floor})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))

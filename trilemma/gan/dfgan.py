@@ -19,7 +19,7 @@ game from moving the text space under the discriminator.
 With `autoencoder` set, the same generator, discriminator and losses work in the latent space of a
 frozen KL autoencoder (the first stage of the project's latent diffusion) and its decoder renders the
 pixels, as latent diffusion does. On this CPU the pixel GAN spent its compute on 64x64 maps 16
-channels wide and drew blobs (MEASURED.md, the shapes-dfgan card); at 8x8 the same compute buys
+channels wide and drew blobs (the shapes-dfgan card); at 8x8 the same compute buys
 wide layers, and the decoder draws the edges. `latent_blocks` adds residual blocks at the latent
 resolution, since an 8x8 grid leaves only one up-sampling block.
 """
