@@ -34,7 +34,7 @@ class LatentDiffusionConfig:
     attention_head_dim: int = 8
     text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4})
     tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
-    prediction_type: str = "v_prediction"  # epsilon failed here at the terminal step (MEASURED.md)
+    prediction_type: str = "v_prediction"  # epsilon failed here at the terminal step (zero terminal SNR; the shapes-ldm card)
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
     condition_dropout: float = 0.1
