@@ -1,0 +1,51 @@
+"""The scorer measures what a person sees: agreement with labelled generated images.
+
+tests/fixtures/labelled holds 64 px images drawn from every shipped model (both splits, every category,
+and images where the previous scorer and this one disagreed), each labelled pass or fail by three people
+looking at it, by the rules of docs/shapes.md ("The labelled set of generated images"); the label is the
+majority. bench/labelled_set.py made it.
+"""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from trilemma.data.shapes import parse_prompt
+from trilemma.eval.scorer import score_image
+from trilemma.registry import shipped_models
+
+FIXTURE = Path(__file__).parent / "fixtures" / "labelled"
+
+
+def labelled() -> list[dict]:
+    return [json.loads(line) for line in (FIXTURE / "labels.jsonl").read_text().splitlines()]
+
+
+def test_the_labelled_set_covers_every_shipped_model_split_and_category():
+    rows = labelled()
+    assert len(rows) >= 400
+    models = set(shipped_models())
+    assert models <= {r["model"] for r in rows}
+    assert {r["split"] for r in rows} == {"test", "test-novel"}
+    assert {parse_prompt(r["prompt"]).category for r in rows} == {"single", "pair", "count", "position"}
+    labels = Counter(r["label"] for r in rows)
+    assert labels["pass"] > 100 and labels["fail"] > 100
+
+
+def test_scorer_agrees_with_people_on_generated_images():
+    rows = labelled()
+    kinds = {"passed what a person fails": [], "failed what a person passes": []}
+    for r in rows:
+        verdict = score_image(Image.open(FIXTURE / r["file"]).convert("RGB"), r["prompt"])
+        if verdict.passed != (r["label"] == "pass"):
+            kind = "passed what a person fails" if verdict.passed else "failed what a person passes"
+            kinds[kind].append(f"{r['file']} ({r['model']}) '{r['prompt']}': scorer: {verdict.reason}; "
+                               f"people {r['votes']} {'; '.join(r['why'])}")
+    wrong = sum(len(v) for v in kinds.values())
+    agreement = 1 - wrong / len(rows)
+    report = f"agreement {agreement:.3f} on {len(rows)} images\n" + "\n".join(
+        f"{kind}: {len(notes)}\n" + "\n".join("  " + n for n in notes) for kind, notes in kinds.items())
+    print(report)
+    assert agreement >= 0.97, report
