@@ -103,17 +103,29 @@ def contact_sheets(items: list[dict], out: Path, cols: int = 4, rows: int = 3, c
         sheet.save(out / f"sheet-{s // (cols * rows):02d}.png")
 
 
+def read_votes(folder: Path) -> dict[str, list[dict]]:
+    votes: dict[str, list[dict]] = {}
+    for labels_file in sorted(folder.glob("labels-*.jsonl")):
+        for line in labels_file.read_text().splitlines():
+            vote = json.loads(line)
+            votes.setdefault(vote["id"], []).append(vote)
+    return votes
+
+
 def build(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
+    # A relabelling round (a rule made precise, every image of a category labelled again) replaces the
+    # earlier votes of the images it covers.
+    relabelled = {}
+    for folder in args.relabel:
+        relabelled.update({k: (folder.name, v) for k, v in read_votes(folder).items()})
     rows = []
     for items_file in sorted(args.work.glob("*/items.json")):
-        votes: dict[str, list[dict]] = {}
-        for labels_file in sorted(items_file.parent.glob("labels-*.jsonl")):
-            for line in labels_file.read_text().splitlines():
-                vote = json.loads(line)
-                votes.setdefault(vote["id"], []).append(vote)
+        if items_file.parent in args.relabel:
+            continue
+        votes = read_votes(items_file.parent)
         for item in json.loads(items_file.read_text()):
-            v = votes.get(item["id"], [])
+            round_name, v = relabelled.get(item["id"], (items_file.parent.name, votes.get(item["id"], [])))
             if len(v) % 2 == 0:
                 raise SystemExit(f"{item['id']} has {len(v)} labels: give every image an odd number, for a majority")
             passes = sum(x["label"] == "pass" for x in v)
@@ -121,6 +133,7 @@ def build(args) -> None:
             rows.append({"file": f"{item['id']}.png", "prompt": item["prompt"], "model": item["model"],
                          "split": item["split"], "index": item["index"],
                          "label": "pass" if 2 * passes > len(v) else "fail", "votes": f"{passes} pass / {len(v) - passes} fail",
+                         "round": round_name,
                          "unsure": sum(bool(x.get("unsure")) for x in v),
                          "why": sorted({x["why"] for x in v if x.get("why")})})
     (args.out / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -156,6 +169,8 @@ def main():
     b = sub.add_parser("build")
     b.add_argument("--work", type=Path, required=True)
     b.add_argument("--out", type=Path, default=Path("tests/fixtures/labelled"))
+    b.add_argument("--relabel", type=Path, action="append", default=[],
+                   help="a folder of a relabelling round, whose votes replace the earlier ones of its images")
     a = sub.add_parser("agreement")
     a.add_argument("fixture", type=Path, nargs="?", default=Path("tests/fixtures/labelled"))
     args = ap.parse_args()
