@@ -119,6 +119,10 @@ def build(args) -> None:
     relabelled = {}
     for folder in args.relabel:
         relabelled.update({k: (folder.name, v) for k, v in read_votes(folder).items()})
+    more = {}  # further labellers, each over all the images, under the rules as they now stand
+    for folder in args.more:
+        for k, v in read_votes(folder).items():
+            more.setdefault(k, []).extend(v)
     rows = []
     for items_file in sorted(args.work.glob("*/items.json")):
         if items_file.parent in args.relabel:
@@ -126,6 +130,7 @@ def build(args) -> None:
         votes = read_votes(items_file.parent)
         for item in json.loads(items_file.read_text()):
             round_name, v = relabelled.get(item["id"], (items_file.parent.name, votes.get(item["id"], [])))
+            v = v + more.get(item["id"], [])
             if len(v) % 2 == 0:
                 raise SystemExit(f"{item['id']} has {len(v)} labels: give every image an odd number, for a majority")
             passes = sum(x["label"] == "pass" for x in v)
@@ -171,6 +176,8 @@ def main():
     b.add_argument("--out", type=Path, default=Path("tests/fixtures/labelled"))
     b.add_argument("--relabel", type=Path, action="append", default=[],
                    help="a folder of a relabelling round, whose votes replace the earlier ones of its images")
+    b.add_argument("--more", type=Path, action="append", default=[],
+                   help="a folder of further labels (any images), added to each image's votes")
     a = sub.add_parser("agreement")
     a.add_argument("fixture", type=Path, nargs="?", default=Path("tests/fixtures/labelled"))
     args = ap.parse_args()
