@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from trilemma.checkpoint import replace_extra_file
 from trilemma.model import TrainableModel
 from trilemma.registry import WEIGHTS_DIR
 
@@ -47,7 +48,7 @@ def main():
         dest = WEIGHTS_DIR / args.name
         old = json.loads((dest / "scores.json").read_text())
         scores = {**old, **card_scores(json.loads(Path(args.scores).read_text())), "training_minutes": old.get("training_minutes")}
-        (dest / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+        replace_extra_file(dest, "scores.json", scores)  # config.json keeps its sha256
         print(dest, {k: scores[k] for k in ("test", "test-novel", "scorer_version")})
         return
     model = TrainableModel.from_pretrained(args.source)

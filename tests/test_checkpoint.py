@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import trilemma
-from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trilemma.checkpoint import CheckpointError, load_checkpoint, replace_extra_file, save_checkpoint
 from trilemma.diffusion.latent_diffusion import LatentDiffusion
 from trilemma.model import TrainableModel
 
@@ -101,6 +101,16 @@ def test_extra_files_are_verified_too(tmp_path):
     (tmp_path / "c" / "state.json").write_text('{"step": 4}')
     with pytest.raises(CheckpointError, match="state.json is corrupted"):
         load_checkpoint(tmp_path / "c")
+
+
+def test_an_extra_file_is_replaced_with_its_hash_and_the_weights_kept(tmp_path):
+    save_checkpoint(tmp_path / "c", {"family": "x", "model_class": "Y"}, {"w": torch.ones(2)}, {"scores.json": {"test": 0.5}})
+    replace_extra_file(tmp_path / "c", "scores.json", {"test": 0.4})
+    config, tensors = load_checkpoint(tmp_path / "c")  # verifies every recorded sha256
+    assert json.loads((tmp_path / "c" / "scores.json").read_text()) == {"test": 0.4}
+    assert torch.equal(tensors["w"], torch.ones(2))
+    with pytest.raises(CheckpointError, match="no other.json"):
+        replace_extra_file(tmp_path / "c", "other.json", {})
 
 
 def test_t5_encoder_and_coord_channels_round_trip(tmp_path):

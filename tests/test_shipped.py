@@ -28,8 +28,11 @@ def test_shipped_model_has_card_and_scores(name):
     # Measured by bench/score_model.py on 500 prompts of each split; the card quotes the same figures.
     assert scores["n_per_split"] >= 500
     card = (folder / "README.md").read_text()
+    from trilemma.eval.scorer import SCORER_VERSION
+
+    assert scores.get("scorer_version") == SCORER_VERSION, "re-score the card with the current scorer"
     for split in ("test", "test-novel"):
-        assert 0.0 < scores[split] <= 1.0
+        assert 0.0 <= scores[split] <= 1.0  # shapes-dfgan passes none of test-novel
         assert f"**{scores[split]:.3f}**" in card, split
 
 

@@ -127,6 +127,25 @@ def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torc
     atomic_folder(Path(directory), fill)
 
 
+def replace_extra_file(directory: str | Path, name: str, content: dict) -> None:
+    """Rewrite one JSON file that travels with a checkpoint (its measured scores, say), and the sha256 that
+    config.json keeps of it, atomically; the weights are untouched."""
+    directory = Path(directory)
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    if name not in config.get("files_sha256", {}):
+        raise CheckpointError(f"{directory} has no {name} to replace")
+
+    def fill(tmp: Path) -> None:
+        for f in directory.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        write_json(tmp / name, content)
+        config["files_sha256"][name] = _sha256(tmp / name)
+        write_json(tmp / CONFIG_NAME, config)
+
+    atomic_folder(directory, fill)
+
+
 def resolve_folder(directory: str | Path) -> Path:
     directory = Path(directory)
     old = directory.with_name(directory.name + ".old")
