@@ -38,15 +38,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from score_model import score_split  # noqa: E402
 
 import trilemma  # noqa: E402
-from trilemma.data.shapes import parse_prompt  # noqa: E402
-from trilemma.eval.evaluate import cached_samples  # noqa: E402
-from trilemma.eval.scorer import SCORER_VERSION, score_image  # noqa: E402
+from trilemma.eval.scorer import SCORER_VERSION  # noqa: E402
 
 SCALES = (1.0, 3.0, 5.0, 10.0, 20.0)
 # generate() options of each thresholding variant.
 MODES = {"none": {"thresholding": "none"},
          "static": {"thresholding": "static"},
          "dynamic, uncapped": {"thresholding": "dynamic", "threshold_percentile": 0.995, "threshold_max_value": float("inf")},
+         # The cascade's own per-stage caps (the shipped one's are DeepFloyd IF's: 1.5 in the base, 1.0 in SR).
          "dynamic, capped (DeepFloyd IF)": {"thresholding": "dynamic", "threshold_percentile": 0.95, "threshold_max_value": None}}
 CACHE = Path("reports/eval-cache")
 
@@ -78,15 +77,10 @@ def cell_options(mode: str, scale: float) -> dict:
     return {"guidance_scale": scale, **{k: v for k, v in MODES[mode].items() if v is not None}}
 
 
-def cached_pass_rate(model, name: str, split: str, n: int, **options) -> float:
-    prompts, images = cached_samples(model, name, split, n, CACHE, progress=False, **options)
-    return sum(score_image(im, parse_prompt(p)).passed for p, im in zip(prompts, images)) / n
-
-
 def guidance(args, cells: Cells) -> str:
     model = trilemma.load(args.model)
-    table = {m: [cells.get(f"guidance|{args.model}|{m}|{s}|{args.n}|scorer {SCORER_VERSION}", lambda m=m, s=s: cached_pass_rate(
-        model, args.model, "test", args.n, **cell_options(m, s))) for s in SCALES] for m in MODES}
+    table = {m: [cells.get(f"guidance|{args.model}|{m}|{s}|{args.n}|scorer {SCORER_VERSION}", lambda m=m, s=s: pass_rate(
+        model, "test", args.n, cache=CACHE, name=args.model, **cell_options(m, s))) for s in SCALES] for m in MODES}
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in MODES:
         ax.plot(SCALES, table[m], marker="o", label=m)

@@ -39,12 +39,14 @@ CACHE = Path("reports/eval-cache")
 
 
 def sample_folder(model: str, split: str) -> Path:
-    """The cached default-option samples of a model (`trilemma evaluate`'s cache: NAME-HASH/SPLIT-{})."""
-    folders = [p for p in CACHE.glob(f"{model}-*/{split}-{{}}") if len(p.parent.name) == len(model) + 13]
-    if len(folders) != 1:
-        raise SystemExit(f"expected one sample folder of {model} {split} in {CACHE}, found {len(folders)}: "
-                         f"run bench/score_model.py --model {model} --cache {CACHE} first")
-    return folders[0]
+    """The cached default-option samples of a shipped model (`trilemma evaluate`'s cache)."""
+    import trilemma
+    from trilemma.eval.evaluate import sample_folder as folder_of
+
+    folder = folder_of(trilemma.load(model), model, split, CACHE)
+    if not folder.is_dir():
+        raise SystemExit(f"no samples of {model} {split} in {CACHE}: run bench/score_model.py --model {model} --cache {CACHE}")
+    return folder
 
 
 def pick(args) -> None:
@@ -57,12 +59,13 @@ def pick(args) -> None:
         used |= {(it["model"], it["split"], it["index"]) for it in json.loads(tag_dir.read_text())}
     items = []
     for model in args.models:
+        folders = {split: sample_folder(model, split) for split in ("test", "test-novel")}
         chosen, disagree = [], []
         for split in ("test", "test-novel"):
             pool = [i for i in range(args.n) if (model, split, i) not in used]
             chosen += [(split, i) for i in rng.sample(pool, args.random)]
         for split in ("test", "test-novel"):
-            folder, prompts = sample_folder(model, split), test_prompts(split, args.n)
+            folder, prompts = folders[split], test_prompts(split, args.n)
             for i in range(args.n):
                 if (split, i) in chosen or (model, split, i) in used:
                     continue
@@ -72,7 +75,7 @@ def pick(args) -> None:
         chosen += rng.sample(disagree, min(args.disagreements, len(disagree)))
         for split, i in chosen:
             items.append({"model": model, "split": split, "index": i, "prompt": test_prompts(split, args.n)[i],
-                          "src": str(sample_folder(model, split) / f"{i:06d}.png")})
+                          "src": str(folders[split] / f"{i:06d}.png")})
     rng.shuffle(items)  # models mixed, so a labeller cannot tell them apart
     out = args.work / args.tag
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,26 @@ def pick(args) -> None:
         item["id"] = f"{args.tag}{k:03d}"
     (out / "items.json").write_text(json.dumps(items, indent=1) + "\n")
     contact_sheets(items, out)
-    print(f"{len(items)} items, sheets in {out}")
+    reference_sheet(args.work)
+    print(f"{len(items)} items, sheets in {out}, reference.png in {args.work}")
+
+
+def reference_sheet(out: Path, cell: int = 256) -> None:
+    """The six colors, and each shape small and large, rendered as the data set draws them, at the tiles' 4x."""
+    from trilemma.data.shapes import COLORS, Scene, ShapeObject, render
+
+    font = ImageFont.load_default(size=15)
+    sheet = Image.new("RGB", (6 * (cell + 16), 2 * (cell + 40)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, color in enumerate(COLORS):
+        for row, (size, s) in enumerate((("small", 0.18), ("large", 0.31))):
+            places = ((0.03, 0.03), (0.23, 0.3), (0.62, 0.62)) if size == "small" else ((0.03, 0.03), (0.36, 0.5), (0.64, 0.03))
+            objects = [ShapeObject(color, shape, size, s, x, y) for shape, (x, y) in zip(("circle", "square", "triangle"), places)]
+            x, y = k * (cell + 16) + 8, row * (cell + 40) + 4
+            sheet.paste(render(Scene("single", objects), 64).resize((cell, cell), Image.NEAREST), (x, y))
+            draw.rectangle([x - 1, y - 1, x + cell, y + cell], outline="black")
+            draw.text((x, y + cell + 4), f"{color}: {size} circle, square, triangle", fill="black", font=font)
+    sheet.save(out / "reference.png")
 
 
 def contact_sheets(items: list[dict], out: Path, cols: int = 4, rows: int = 3, cell: int = 256) -> None:
@@ -142,6 +164,7 @@ def build(args) -> None:
                          "unsure": sum(bool(x.get("unsure")) for x in v),
                          "why": sorted({x["why"] for x in v if x.get("why")})})
     (args.out / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reference_sheet(args.out)  # what the labellers compared colors and shapes with
     print(f"{len(rows)} labelled images in {args.out}: {Counter(r['label'] for r in rows)}")
 
 
@@ -167,7 +190,8 @@ def main():
     p.add_argument("--tag", required=True)
     p.add_argument("--random", type=int, default=35, help="random images per split and model")
     p.add_argument("--disagreements", type=int, default=20, help="images per model where --old-scorer disagrees")
-    p.add_argument("--old-scorer", required=True, help="the previous scorer's file (e.g. from git show)")
+    p.add_argument("--old-scorer", required=True,
+                   help="the previous scorer's file (v1: git show 82dcf3d:trilemma/eval/scorer.py > old_scorer.py)")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seed", type=int, default=14)
     p.add_argument("--work", type=Path, required=True)

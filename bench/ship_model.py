@@ -47,7 +47,7 @@ def main():
     if args.scores_only:
         dest = WEIGHTS_DIR / args.name
         old = json.loads((dest / "scores.json").read_text())
-        scores = {**old, **card_scores(json.loads(Path(args.scores).read_text())), "training_minutes": old.get("training_minutes")}
+        scores = {**old, **card_scores(json.loads(Path(args.scores).read_text()))}  # training minutes kept
         replace_extra_file(dest, "scores.json", scores)  # config.json keeps its sha256
         print(dest, {k: scores[k] for k in ("test", "test-novel", "scorer_version")})
         return

@@ -39,3 +39,33 @@ def test_compare_writes_table_plots_and_grid(tmp_path):
     table = (out / "COMPARE.md").read_text()
     assert "| gan0 | gan |" in table and "| gan1 | gan |" in table and "trilemma compare" in table
     assert (out / "trilemma.png").is_file() and (out / "samples.png").is_file()
+
+
+def test_compare_rescores_a_report_of_an_older_scorer_from_its_cached_samples(tmp_path):
+    from trilemma.eval.scorer import SCORER_VERSION
+
+    torch.manual_seed(0)
+    DFGAN.from_config(TINY_GAN).save_pretrained(tmp_path / "gan")
+    out, cache = tmp_path / "cmp", tmp_path / "cache"
+    args = ["compare", str(tmp_path / "gan"), "--n", "12", "--out", str(out), "--cache", str(cache)]
+    assert main(args) == 0
+    path = out / "gan" / "report.json"
+    old = json.loads(path.read_text())
+    # As if an older scorer had passed three images and measured a FID that must be kept.
+    old.update(scorer_version=SCORER_VERSION - 1, pass_rate=0.25)
+    old["fidelity"]["fid"] = 123.0
+    path.write_text(json.dumps(old))
+    assert main(args) == 0
+    new = json.loads(path.read_text())
+    assert new["scorer_version"] == SCORER_VERSION and new["pass_rate"] == 0.0
+    assert new["previous_scorer"] == {"version": SCORER_VERSION - 1, "pass_rate": 0.25}
+    assert new["fidelity"]["fid"] == 123.0  # measured on the same cached samples, so kept
+    assert f"was (scorer v{SCORER_VERSION - 1})" in (out / "COMPARE.md").read_text()
+    # With the samples gone, the old FID would describe other images: everything is measured again.
+    new.update(scorer_version=SCORER_VERSION - 1)
+    path.write_text(json.dumps(new))
+    for png in cache.rglob("*.png"):
+        png.unlink()
+    assert main(args) == 0
+    again = json.loads(path.read_text())
+    assert again["fidelity"]["fid"] != 123.0 and "previous_scorer" not in again

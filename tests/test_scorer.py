@@ -1,4 +1,4 @@
-"""The scorer checks exactly what a prompt asks (SHAPES.md, Scoring)."""
+"""The scorer checks exactly what a prompt asks (docs/shapes.md, Scoring)."""
 
 import numpy as np
 import pytest
@@ -87,9 +87,9 @@ def test_wrong_size_fails():
 
 
 def test_small_images_are_upscaled_before_scoring():
-    # A 32 px render can be scored; most pass (SHAPES.md: small triangles are a few pixels there).
+    # A 32 px render can be scored; most pass (docs/shapes.md: small triangles are a few pixels there).
     passed = [score_image(render(s, 32), s.prompt).passed for s in (sample_scene("test", i) for i in range(60))]
-    assert sum(passed) >= 0.7 * len(passed)
+    assert sum(passed) >= 0.85 * len(passed)  # measured 0.90-0.94
     with pytest.raises(ValueError, match="square"):
         score_image(np.zeros((64, 48, 3), dtype=np.uint8), "a red circle")
     with pytest.raises(ValueError, match="8-bit"):
@@ -217,7 +217,13 @@ def test_touching_objects_fail():
     assert not v.passed and "touch" in v.reason
 
 
-def test_a_patch_of_another_color_inside_fails():
+def test_an_object_mottled_with_another_color_fails():
+    # Purple flecks, each a single pixel (far below the noise floor, so none is an object of its own), in a
+    # checkerboard over the middle of a red square: clearly two colors to a person (docs/shapes.md, rule 3).
     image = render(Scene("single", [obj("red", "square", x=0.3, y=0.3, s=0.34)]), 64)
-    image.paste((140, 55, 185), (27, 27, 37, 37))  # a purple patch, well inside and below the noise floor's reach
-    assert not score_image(image, "a red square").passed
+    pixels = np.asarray(image).copy()
+    for y in range(23, 41):
+        for x in range(23 + y % 2, 41, 2):
+            pixels[y, x] = (140, 55, 185)
+    assert not score_image(Image.fromarray(pixels), "a red square").passed
+    assert score_image(image, "a red square").passed

@@ -10,8 +10,8 @@ Imagen's pseudocode leaves s uncapped. DeepFloyd IF, the public reproduction
 of Imagen, caps it: s = clamp(quantile(|x0|, p), 1, max_value) with p = 0.95
 and max_value 1.5 in its 64 px stage I, 1.0 in its SR stages (where the cap
 makes dynamic thresholding equal to static clipping); diffusers calls the cap
-`sample_max_value`. Uncapped, s can run away (measured on Shapes: 8-14 by
-mid-sampling at guidance 10), dividing every pixel, background included, by s.
+`sample_max_value`. Uncapped, s can run away (measured on Shapes at guidance 10: past 8 in the
+later steps), dividing every pixel, background included, by s.
 
 diffusers' schedulers carry the same operation (`thresholding=True`) but
 only some of them (DDPM, DDIM, DPM-Solver), each inside its own `step`, and

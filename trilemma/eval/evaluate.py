@@ -47,10 +47,15 @@ def model_key(model, name: str) -> str:
     return f"{Path(name).name}-{h.hexdigest()[:12]}"
 
 
+def sample_folder(model, name: str, split: str, cache: Path, **options) -> Path:
+    """Where `cached_samples` keeps a model's samples of a split under these generate() options."""
+    return cache / model_key(model, name) / f"{split}-{json.dumps(options, sort_keys=True)}"
+
+
 def cached_samples(model, name: str, split: str, n: int, cache: Path, batch_size: int = 50, progress: bool = True,
                    **options) -> tuple[list[str], list[Image.Image]]:
     prompts = test_prompts(split, n)
-    folder = cache / model_key(model, name) / f"{split}-{json.dumps(options, sort_keys=True)}"
+    folder = sample_folder(model, name, split, cache, **options)
     folder.mkdir(parents=True, exist_ok=True)
     images = []
     for start in progress_bar(range(0, n, batch_size), desc=f"{Path(name).name} {split}", enabled=progress, leave=False):
@@ -74,12 +79,16 @@ def score_samples(prompts: list[str], images: list[Image.Image]) -> dict:
     return summarize(records)
 
 
-def rescore(report: dict, cache: Path, progress: bool = True) -> dict:
-    """A cached report's alignment measured again with this scorer, on the same samples (drawn again only
-    if the sample cache lacks them); fidelity and cost do not depend on the scorer and are kept."""
+def rescore(report: dict, cache: Path, progress: bool = True) -> dict | None:
+    """A cached report's alignment measured again with this scorer, on the same samples; fidelity and cost
+    do not depend on the scorer and are kept. None when the sample cache no longer holds those samples
+    (the report's FID was measured on them): then the whole report must be measured again."""
     import trilemma
 
     model = trilemma.load(report["model"])
+    folder = sample_folder(model, report["model"], report["split"], cache)
+    if not all((folder / f"{i:06d}.png").is_file() for i in range(report["n"])):
+        return None
     prompts, images = cached_samples(model, report["model"], report["split"], report["n"], cache, progress=progress)
     alignment = score_samples(prompts, images)
     return {**report, "alignment": alignment, "pass_rate": alignment["overall"]["pass_rate"],
@@ -271,6 +280,9 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
             if report.get("split") == split and report.get("n") == n:
                 if report.get("scorer_version", 1) != SCORER_VERSION:  # pass rates from an older scorer
                     report = rescore(report, cache, progress)
+                    if report is None:  # its samples are gone: measure everything again below
+                        reports.append(evaluate(name, split, n, folder, cache, progress=progress))
+                        continue
                     write_json(cached, report)
                     (folder / "report.md").write_text(report_markdown(report))
                 reports.append(report)
@@ -285,8 +297,9 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
     floor = fid_kid(network, reference, others)
     floor.update(precision_recall_density_coverage(extract(network, reference), extract(network, others), 5))
     novel_from_card = all(r["alignment"]["novel"]["pass_rate"] is None for r in reports)
-    moved = any("previous_scorer" in r for r in reports)  # re-scored after a scorer change: show what moved
-    header = ("| model | family | parameters | pass rate | " + ("was (scorer v1) | " if moved else "") +
+    moved = {r["previous_scorer"]["version"] for r in reports if "previous_scorer" in r}  # re-scored: show what moved
+    header = ("| model | family | parameters | pass rate | " +
+              (f"was (scorer v{'/'.join(map(str, sorted(moved)))}) | " if moved else "") +
               ("`test-novel` (card)" if novel_from_card else "held-out pairs") +
               " | FID | KID | precision | recall | density | coverage | "
               "images/s (batch 1) | images/s (best) | NFE/image | peak memory | training |")

@@ -1,4 +1,4 @@
-"""The Shapes scorer: an exact check of what a prompt asked for (SHAPES.md, Scoring).
+"""The Shapes scorer: an exact check of what a prompt asked for (docs/shapes.md, Scoring).
 
 No learned detector: the scene's vocabulary is known, so each pixel is
 classified to the nearest palette color, same-color pixels are grouped into
@@ -25,19 +25,21 @@ SIZE_TOLERANCE = 0.04
 LARGE_OVER_SMALL = 1.3
 MIN_RESOLUTION = 64
 MAX_ASPECT = 1.25  # a box's long side over its short side, beyond which no shape of the spec fits it
-# Mean distance, in pixels, between a component's edge and its nearest ideal shape's (shape_errors), above
-# which it is no shape of the spec. Renders reach 0.30 (a binarised anti-aliased edge); a hand-drawn diamond,
-# the nearest wrong shape, 0.42 at the smallest size and more as it grows.
+# The thresholds below were set on renders and on the labelled generated images of tests/fixtures/labelled
+# (docs/shapes.md), at the benchmark's 64 px; pixel sizes are pixels of a 64 px image.
+# Mean distance, in pixels, between an object's edge and its nearest ideal shape's (shape_errors), above which
+# it is no shape of the spec, for objects of at least SMALL_BELOW pixels (square root of the area). Renders reach
+# 0.30 (a binarised anti-aliased edge). A square may stray further: people forgive its softened corners, while a
+# circle has no corner to soften and its deviations read as lumps.
 MAX_SHAPE_ERROR = {"circle": 0.4, "square": 0.55, "triangle": 0.4}
-AMBIGUITY = 0.7
-MAX_CONCAVITY = 0.45
-FIT_ASPECT = True
 SMALL_BELOW = 13
-MAX_SMALL_SHAPE_ERROR = 0.7
+MAX_SMALL_SHAPE_ERROR = 0.7  # smaller objects: a pixel of blur is a larger share of them
+AMBIGUITY = 0.7  # circle and square errors this close: a rounded square that is neither (objects >= AMBIGUOUS_ABOVE)
 AMBIGUOUS_ABOVE = 15
-RELATION_DOMINANCE = 0.0
-TOUCH_GAP = 2.05 / 64  # fraction of the side
-MIN_COLOR_PURITY = 0.7
+MAX_CONCAVITY = 0.45  # mean dent depth, pixels (concavity)
+TOUCH_GAP = 2.05 / 64  # fraction of the side: one background pixel between two objects at 64 px
+MIN_COLOR_PURITY = 0.7  # share of an object's interior in its own color
+# Box fill, around the ideal 0.79 / 1 / 0.5: a small diamond is near the ideal circle but fills half its box.
 FILL_RANGES = {"circle": (0.64, 0.95), "square": (0.8, 1.0), "triangle": (0.42, 0.76)}
 # Bumped whenever a verdict can change, so cached pass rates (reports, ablation cells) know to re-score.
 SCORER_VERSION = 2
@@ -73,7 +75,7 @@ def _to_array(image: Image.Image | np.ndarray) -> tuple[np.ndarray, int]:
         raise ValueError(f"expected 8-bit pixels (uint8, 0..255), got {image.dtype}")
     side = image.shape[0]
     factor = 1
-    if side < MIN_RESOLUTION:  # SHAPES.md: upscale small images (nearest) to >= 64 first
+    if side < MIN_RESOLUTION:  # docs/shapes.md: upscale small images (nearest) to >= 64 first
         factor = math.ceil(MIN_RESOLUTION / side)
         image = image.repeat(factor, axis=0).repeat(factor, axis=1)
     return image, factor
@@ -120,7 +122,7 @@ def shape_errors(box: np.ndarray) -> dict[str, float]:
     whatever the object's size. A binarised anti-aliased render of the right shape sits at 0.2-0.3;
     the wrong ideal, or a shape of no ideal (a diamond, a crescent, a ring), is further off.
     """
-    aspect = box.shape[1] / box.shape[0] if FIT_ASPECT else 1.0  # the box's own proportions (classify_shape bounds them)
+    aspect = box.shape[1] / box.shape[0]  # the box's own proportions (classify_shape bounds them)
     padded = np.pad(box, _PAD)
     h, w = padded.shape
     ys, xs = np.nonzero(padded)
@@ -138,30 +140,31 @@ def concavity(box: np.ndarray) -> float:
     """How far a component falls short of its convex hull: the area between them over the hull's perimeter,
     that is the mean depth of its dents, in pixels. Every shape of the spec is convex; a triangle whose sides
     a decoder drew concave (pinched, star-like) or a dented blob is not, though its mean edge distance from
-    the ideal can stay small. Pixel centres, with Pick's theorem for the hull's area in pixels, so that a
-    render's staircase edges count for little."""
+    the ideal can stay small. The hull is taken over pixel centres and its area in pixels is read with Pick's
+    theorem (lattice points = area + boundary points / 2 + 1), counting the hull's perimeter as if every unit
+    of it held a lattice point: exact for axis-aligned edges (a square's dents read 0), an overestimate along
+    slanted ones, so that a convex pixelated disc or triangle reads about 0.15 px, inside MAX_CONCAVITY."""
     points = np.argwhere(box)
     if len(points) < 3 or np.linalg.matrix_rank(points - points[0]) < 2:
         return 0.0
     hull = ConvexHull(points)
-    # Pick: lattice points inside or on a lattice polygon = area + perimeter / 2 + 1 (approximately, for
-    # a hull whose edges are not all lattice-aligned).
     return float(max(0.0, hull.volume + hull.area / 2 + 1 - len(points)) / hull.area)
 
 
 def classify_shape(mask: np.ndarray, pixel: int = 1) -> tuple[str, float]:
     """Circle, square, triangle or unknown, as the spec defines shapes: by their bounding box.
 
-    Returns the shape and the fill (share of the box covered). Every shape's box is square, so a box
-    far from square (two objects merged into one blob, a bar, a half-disc) is `unknown`. Otherwise the
-    component is compared with the ideal circle, square and upward triangle fitted to its own box
-    (`shape_errors`), and takes the nearest when it is near enough; a hollow outline or ring, a
-    crescent, a diamond, a cross or a downward triangle is near none of them, and is `unknown`. At 10
-    pixels a circle and a square differ mostly in the box corners, which is where these errors come from.
-    Thresholds measured on renders (tests/test_scorer.py) and on the labelled generated images of
-    tests/fixtures/labelled (tests/test_scorer_labelled.py).
+    Returns the shape and the fill (share of the box covered). In order, an object is `unknown` when: its
+    box is far from square (every shape's box is square: two objects merged into one blob, a bar, a
+    half-disc); it is dented (`concavity`: a pinched triangle, a dented blob); it is near none of the ideal
+    circle, square and upward triangle fitted to it (`shape_errors`: a ring, an outline, a crescent, a cross,
+    a downward triangle); it fills its box unlike the nearest ideal (a diamond, near the circle at 10
+    pixels); or it is a large rounded square as near the circle as the square. `pixel` is the factor an
+    image was upscaled by: errors are measured in the image's own pixels.
     """
     ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        raise ValueError("classify_shape needs a mask with at least one pixel")
     box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     h, w = box.shape
     fill = float(box.mean())
@@ -281,13 +284,13 @@ def check(parsed: ParsedPrompt, objects: list[DetectedObject]) -> tuple[bool, st
         return False, "wrong size: " + ", ".join(f"{o.color} {o.shape} side {o.side:.2f}" for o in objects)
     if parsed.category == "position":
         a, b = match
-        if not relation_holds((a.cx, a.cy), (b.cx, b.cy), parsed.relation, dominance=RELATION_DOMINANCE):
+        if not relation_holds((a.cx, a.cy), (b.cx, b.cy), parsed.relation):
             return False, f"relation '{parsed.relation}' does not hold between the two objects"
     return True, "ok"
 
 
 def one_size_class(objects: list[DetectedObject]) -> bool:
-    """Whether objects of one shape are all small or all large (SHAPES.md: a count's objects share a class).
+    """Whether objects of one shape are all small or all large (docs/shapes.md: a count's objects share a class).
 
     Within a class the sides differ by at most 0.20 / 0.16 = 1.25x, across classes by at least
     0.28 / 0.20 = 1.4x; the spec puts the line at 1.3x, plus a pixel: a binarised 10-pixel square
