@@ -1,7 +1,7 @@
 """The scorer measures what a person sees: agreement with labelled generated images.
 
 tests/fixtures/labelled holds 547 64 px images drawn from every shipped model (both splits, every category,
-and images where the previous scorer and this one disagreed), each labelled pass or fail by five people
+and images where the previous scorer and this one disagreed), each labelled pass or fail by five labellers (AI assistants judging by eye)
 looking at it, by the rules of docs/shapes.md ("The labelled set of generated images"); the label is the
 majority. bench/labelled_set.py made it.
 
