@@ -28,11 +28,11 @@ def score_split(model, split: str, n: int, batch_size: int = 100, cache: Path | 
     """Pass rates on the first n prompts of a split, and the seconds generation took. With a cache folder the
     samples are read from (or kept in) it, and no time is reported (some or all were drawn before)."""
     prompts = test_prompts(split, n)
-    t0 = time.perf_counter()
     if cache is not None:
         _, images = cached_samples(model, name, split, n, cache, progress=False, **options)
         seconds = None
     else:
+        t0 = time.perf_counter()
         images = []
         for start in range(0, n, batch_size):
             images += model.generate(prompts[start:start + batch_size], seed=start, **options)

@@ -300,9 +300,6 @@ class ImagenCascade(TextToImageModel):
                        stages=len(self.config.resolutions) if stages is None else stages, progress=progress,
                        percentile=self.config.threshold_percentile if threshold_percentile is None else threshold_percentile,
                        max_values=self._threshold_caps(threshold_max_value))
-        if options["thresholding"] == "dynamic":
-            for cap in options["max_values"]:
-                check_threshold_options(options["percentile"], cap)
         if options["steps"] < 1 or options["sr_steps"] < 1:
             raise ValueError("steps must be at least 1")
         if not 0.0 <= options["aug_level"] <= 1.0:
