@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from trilemma.data.dataset import ShapesDataset
-from trilemma.eval.scorer import score_image, summarize
-from trilemma.data.shapes import parse_prompt
+from trilemma.shapes.dataset import ShapesDataset
+from trilemma.shapes.scorer import score_image, summarize
+from trilemma.shapes.scenes import parse_prompt
 from trilemma.model import TrainableModel, to_pil
 
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from score_model import score_split  # noqa: E402
 
 import trilemma  # noqa: E402
-from trilemma.eval.scorer import SCORER_VERSION  # noqa: E402
+from trilemma.shapes.scorer import SCORER_VERSION  # noqa: E402
 
 SCALES = (1.0, 3.0, 5.0, 10.0, 20.0)
 # generate() options of each thresholding variant.

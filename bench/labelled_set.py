@@ -32,8 +32,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from trilemma.data.export import test_prompts
-from trilemma.eval.scorer import score_image
+from trilemma.shapes.export import test_prompts
+from trilemma.shapes.scorer import score_image
 
 CACHE = Path("reports/eval-cache")
 
@@ -89,7 +89,7 @@ def pick(args) -> None:
 
 def reference_sheet(out: Path, cell: int = 256) -> None:
     """The six colors, and each shape small and large, rendered as the data set draws them, at the tiles' 4x."""
-    from trilemma.data.shapes import COLORS, Scene, ShapeObject, render
+    from trilemma.shapes.scenes import COLORS, Scene, ShapeObject, render
 
     font = ImageFont.load_default(size=15)
     sheet = Image.new("RGB", (6 * (cell + 16), 2 * (cell + 40)), "white")
@@ -191,7 +191,7 @@ def main():
     p.add_argument("--random", type=int, default=35, help="random images per split and model")
     p.add_argument("--disagreements", type=int, default=20, help="images per model where --old-scorer disagrees")
     p.add_argument("--old-scorer", required=True,
-                   help="the previous scorer's file (v1: git show 82dcf3d:trilemma/eval/scorer.py > old_scorer.py)")
+                   help="the previous scorer's file (v1: git show 82dcf3d:trilemma/shapes/scorer.py > old_scorer.py)")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seed", type=int, default=14)
     p.add_argument("--work", type=Path, required=True)

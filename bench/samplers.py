@@ -29,7 +29,7 @@ from score_model import score_split  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 import trilemma  # noqa: E402
-from trilemma.data.export import test_prompts  # noqa: E402
+from trilemma.shapes.export import test_prompts  # noqa: E402
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 STEPS = (10, 25, 50)

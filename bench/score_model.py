@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import trilemma
-from trilemma.data.export import test_prompts
+from trilemma.shapes.export import test_prompts
 from trilemma.eval.evaluate import cached_samples, score_samples
-from trilemma.eval.scorer import SCORER_VERSION
+from trilemma.shapes.scorer import SCORER_VERSION
 from trilemma.grid import image_grid
 
 

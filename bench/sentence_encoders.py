@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trilemma.data.dataset import ShapesDataset
+from trilemma.shapes.dataset import ShapesDataset
 from trilemma.model import TrainableModel
 from trilemma.text.encoder import masked_mean
-from trilemma.text.matching import SentenceMatching, hard_negative, hard_negative_accuracy
+from trilemma.shapes.negatives import hard_negative
+from trilemma.text.matching import SentenceMatching, hard_negative_accuracy
 
 
 def sentence_function(model):

@@ -19,7 +19,7 @@ TINY_LDM = {"resolution": 64, "autoencoder": TINY_AUTOENCODER, "unet_channels": 
 
 @pytest.fixture(scope="session")
 def tiny_autoencoder_dir(tmp_path_factory) -> Path:
-    from trilemma.diffusion.autoencoder import KLAutoencoder
+    from trilemma.autoencoders.kl import KLAutoencoder
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("models") / "tiny-ae"

@@ -8,7 +8,7 @@ import torch
 
 import trilemma
 from trilemma.autoregressive.dalle import DalleTransformer
-from trilemma.autoregressive.vqgan import Codebook, VQTokenizer
+from trilemma.autoencoders.vq import Codebook, VQTokenizer
 
 TINY_VQ = {"resolution": 32, "block_out_channels": [16, 16, 32], "norm_num_groups": 8, "latent_channels": 16,
            "codebook_size": 32, "codebook_dim": 8}

@@ -112,10 +112,19 @@ def test_generate_refuses_a_model_that_draws_no_images(tiny_autoencoder_dir, tmp
 
 
 @pytest.mark.parametrize("content, words", [
-    ('{"model": {}}', "missing keys"),
+    ('{"model": {}}', "missing key 'model_class'"),
     ('[1, 2]', "JSON object"),
     ('{"model_class": "LatentDiffusion", "model": {}, "steps": 0}', "at least 1"),
     ('{not json', "not valid JSON"),
+    # A typo in a model key, a wrong type, a typo in a model class, a bad data object: the nearest valid name.
+    ('{"model_class": "LatentDiffusion", "model": {"unet_channel": [32, 64]}}', "did you mean 'unet_channels'?"),
+    ('{"model_class": "LatentDiffusion", "model": {}, "steps": "100"}', "'steps' must be an integer, got '100'"),
+    ('{"model_class": "LatentDifusion", "model": {}}', "did you mean 'LatentDiffusion'?"),
+    ('{"model_class": "LatentDiffusion", "model": {}, "data": {"type": "folder"}}', "must be one of shapes, imagefolder"),
+    ('{"model_class": "LatentDiffusion", "model": {}, "data": {"resolutoin": 32}}', "did you mean 'resolution'?"),
+    ('{"model_class": "LatentDiffusion", "model": {"text_encoder": {"hidden": 8}}}', "did you mean 'hidden_size'?"),
+    ('{"family": "difusion", "data": {"type": "shapes"}}', "'family' must be one of"),
+    ('{"family": "gan", "data": {"type": "imagefolder"}}', "needs 'path'"),
 ])
 def test_train_rejects_bad_recipes(tmp_path, content, words):
     path = tmp_path / "recipe.json"
@@ -126,3 +135,15 @@ def test_train_rejects_bad_recipes(tmp_path, content, words):
 def test_generate_refuses_an_option_the_model_does_not_take(tiny_ldm_dir, tmp_path):
     rc, out, err = run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--thresholding", "dynamic", "--out", tmp_path / "o")
     _assert_clean_error(rc, out, err, "does not take --thresholding")
+
+
+def test_train_refuses_a_text_encoder_for_a_model_without_one(tmp_path):
+    path = tmp_path / "vq.json"
+    path.write_text('{"model_class": "VQTokenizer", "model": {}}')
+    _assert_clean_error(*run_cli("train", path, "--text-encoder", "all-minilm-l6-v2"), "has no text encoder")
+
+
+def test_train_with_data_needs_a_family_and_a_real_folder(tmp_path):
+    _assert_clean_error(*run_cli("train", "--data", tmp_path), "a family")
+    _assert_clean_error(*run_cli("train", "--data", tmp_path / "nowhere", "--family", "gan"), "no such folder")
+    _assert_clean_error(*run_cli("train", "--data", tmp_path, "--family", "gan", "--out", tmp_path / "o"), "no captioned images")

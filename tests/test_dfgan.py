@@ -118,7 +118,7 @@ def test_latent_gan_draws_the_autoencoders_latent_and_decodes_it():
 
 
 def test_latent_gan_trains_on_cached_latents_of_a_saved_autoencoder(tmp_path):
-    from trilemma.diffusion.autoencoder import KLAutoencoder
+    from trilemma.autoencoders.kl import KLAutoencoder
     from trilemma.train.loop import TrainConfig, train
 
     torch.manual_seed(0)
@@ -151,7 +151,7 @@ def test_latent_gan_trains_on_cached_latents_of_a_saved_autoencoder(tmp_path):
 
 
 def test_whitened_sentence_has_unit_variance_on_the_fitted_captions(tmp_path):
-    from trilemma.data.dataset import ShapesDataset
+    from trilemma.shapes.dataset import ShapesDataset
 
     torch.manual_seed(0)
     model = DFGAN.from_config({**TINY_GAN, "whiten_text": True, "whiten_eps": 1e-6}).eval()

@@ -42,7 +42,7 @@ def test_compare_writes_table_plots_and_grid(tmp_path):
 
 
 def test_compare_rescores_a_report_of_an_older_scorer_from_its_cached_samples(tmp_path):
-    from trilemma.eval.scorer import SCORER_VERSION
+    from trilemma.shapes.scorer import SCORER_VERSION
 
     torch.manual_seed(0)
     DFGAN.from_config(TINY_GAN).save_pretrained(tmp_path / "gan")

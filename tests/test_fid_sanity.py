@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from trilemma.data.shapes import render, sample_scene
+from trilemma.shapes.scenes import render, sample_scene
 from trilemma.eval.fidelity import fid_kid, load_feature_network
 
 N = 800

@@ -2,8 +2,8 @@
 
 import torch
 
-from trilemma.eval.features import N_TARGETS, ShapesFeatureNet, scene_targets
-from trilemma.data.shapes import sample_scene
+from trilemma.shapes.features import N_TARGETS, ShapesFeatureNet, scene_targets
+from trilemma.shapes.scenes import sample_scene
 from trilemma.eval.fidelity import precision_recall_density_coverage
 
 

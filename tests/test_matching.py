@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import trilemma
-from trilemma.data.shapes import parse_prompt, sample_scene
-from trilemma.text.matching import SentenceMatching, hard_negative, hard_negative_accuracy
+from trilemma.shapes.scenes import parse_prompt, sample_scene
+from trilemma.shapes.negatives import hard_negative
+from trilemma.text.matching import SentenceMatching, hard_negative_accuracy
 
 TINY_AE = {"resolution": 32, "block_out_channels": [8, 8, 8], "latent_channels": 4, "norm_num_groups": 4}
 TINY = {"resolution": 32, "autoencoder": TINY_AE, "image_channels": 16, "embed_dim": 8,
@@ -30,7 +31,7 @@ def test_hard_negative_contradicts_its_scene(category):
 
 
 def test_matching_trains_through_the_loop_and_hands_its_encoder_to_the_gan(tmp_path):
-    from trilemma.diffusion.autoencoder import KLAutoencoder
+    from trilemma.autoencoders.kl import KLAutoencoder
     from trilemma.train.loop import TrainConfig, train
 
     torch.manual_seed(0)

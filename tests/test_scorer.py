@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trilemma.data.shapes import BACKGROUND, Scene, ShapeObject, render, sample_scene
-from trilemma.eval.scorer import detect, score_image, summarize
+from trilemma.shapes.scenes import BACKGROUND, Scene, ShapeObject, render, sample_scene
+from trilemma.shapes.scorer import detect, score_image, summarize
 
 
 @pytest.mark.parametrize("resolution", [64, 128])
@@ -104,7 +104,7 @@ def test_position_prompts_check_sizes_too():
 
 
 def test_prompts_naming_one_object_twice_are_rejected():
-    from trilemma.data.shapes import PromptError
+    from trilemma.shapes.scenes import PromptError
 
     for prompt in ["a red circle and a red circle", "a red circle left of a red circle"]:
         with pytest.raises(PromptError, match="same object twice"):
@@ -130,7 +130,7 @@ def hand_drawn(kind: str, s: float, color: str = "red", resolution: int = 64, ss
     """One shape of side s pixels, centred, drawn anti-aliased as the renderer draws (4x, box-downsampled)."""
     from PIL import ImageDraw
 
-    from trilemma.data.shapes import COLORS
+    from trilemma.shapes.scenes import COLORS
 
     big = resolution * ss
     image = Image.new("RGB", (big, big), BACKGROUND)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from trilemma.data.shapes import parse_prompt
-from trilemma.eval.scorer import score_image
+from trilemma.shapes.scenes import parse_prompt
+from trilemma.shapes.scorer import score_image
 from trilemma.registry import shipped_models
 
 FIXTURE = Path(__file__).parent / "fixtures" / "labelled"

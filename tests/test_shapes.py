@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from trilemma.data.dataset import ShapesDataset
-from trilemma.data.shapes import (
+from trilemma.shapes.dataset import ShapesDataset
+from trilemma.shapes.scenes import (
     BACKGROUND, GAP, HELD_OUT_PAIRS, MARGIN, RELATION_MARGIN, SIZE_RANGES, PromptError, normalize_prompt,
     parse_prompt, relation_holds, render, sample_scene,
 )

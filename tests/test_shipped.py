@@ -28,7 +28,7 @@ def test_shipped_model_has_card_and_scores(name):
     # Measured by bench/score_model.py on 500 prompts of each split; the card quotes the same figures.
     assert scores["n_per_split"] >= 500
     card = (folder / "README.md").read_text()
-    from trilemma.eval.scorer import SCORER_VERSION
+    from trilemma.shapes.scorer import SCORER_VERSION
 
     assert scores.get("scorer_version") == SCORER_VERSION, "re-score the card with the current scorer"
     for split in ("test", "test-novel"):
@@ -54,5 +54,5 @@ def test_recipes_parse(recipe):
 def test_recipe_rejects_unknown_keys(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"model_class": "LatentDiffusion", "model": {}, "stepz": 3}))
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown key 'stepz'; did you mean 'steps'"):
         TrainConfig.from_file(path)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import trilemma
-from trilemma.data.export import test_prompts as benchmark_prompts  # not collected as a test
-from trilemma.data.shapes import parse_prompt
-from trilemma.eval.scorer import score_image
+from trilemma.shapes.export import test_prompts as benchmark_prompts  # not collected as a test
+from trilemma.shapes.scenes import parse_prompt
+from trilemma.shapes.scorer import score_image
 from trilemma.model import to_pil
 from trilemma.registry import shipped_models
 

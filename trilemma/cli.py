@@ -56,8 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--out", default="-")
 
-    tr = sub.add_parser("train", help="train a model from a recipe (a JSON config)")
-    tr.add_argument("config")
+    tr = sub.add_parser("train", help="train a model: from your images in one command (--data, --family), or from a recipe",
+                        description="trilemma train --data DIR_OR_SHARDS --family diffusion|autoregressive|gan "
+                                    "[--resolution 64] [--minutes 30] [--out DIR]; or trilemma train RECIPE.json")
+    tr.add_argument("config", nargs="?", help="a recipe: one model's (model_class) or a whole family's (family)")
+    tr.add_argument("--data", help="a folder of captioned images (metadata.jsonl, or x.txt beside x.png), "
+                                   "webdataset shards (\"shards/{00000..00009}.tar\"), or 'shapes'")
+    tr.add_argument("--family", choices=["diffusion", "autoregressive", "gan"])
+    tr.add_argument("--resolution", type=_positive(int), help="with --data: image size (default 64)")
+    tr.add_argument("--minutes", type=float, help="with --data: training time, both stages (default 30)")
+    tr.add_argument("--out", help="with --data: the model folder to write (default runs/FAMILY)")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output folder")
     tr.add_argument("--steps", type=_positive(int))
     tr.add_argument("--output-dir")
@@ -129,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_data(args) -> None:
-    from trilemma.data.export import ensure_writable, export_split, test_prompts
+    from trilemma.shapes.export import ensure_writable, export_split, test_prompts
 
     if args.data_command == "preview":
-        from trilemma.data.shapes import render, sample_scene
+        from trilemma.shapes.scenes import render, sample_scene
         from trilemma.grid import image_grid
 
         scenes = [sample_scene(args.split, i, args.seed) for i in range(args.n)]
@@ -150,12 +158,55 @@ def cmd_data(args) -> None:
             Path(args.out).write_text(text)
 
 
+def data_spec(text: str) -> dict:
+    """--data as a recipe's data object: 'shapes', shards (a .tar pattern), or a folder."""
+    if text == "shapes":
+        return {"type": "shapes"}
+    if ".tar" in text:
+        return {"type": "webdataset", "urls": text}
+    if not Path(text).is_dir():
+        raise ValueError(f"--data {text}: no such folder; pass a folder of captioned images, shards "
+                         "(\"shards/{00000..00009}.tar\") or 'shapes'")
+    return {"type": "imagefolder", "path": text}
+
+
 def cmd_train(args) -> None:
     from trilemma.train.loop import TrainConfig, train
+    from trilemma.train.pipeline import load_recipe, run_pipeline
 
+    pipeline_flags = {k: getattr(args, k) for k in ("data", "family", "resolution", "minutes", "out") if getattr(args, k) is not None}
+    if args.config is None:
+        if "data" not in pipeline_flags or "family" not in pipeline_flags:
+            raise ValueError("give a recipe (trilemma train RECIPE.json) or your data and a family "
+                             "(trilemma train --data DIR --family diffusion)")
+        data = data_spec(args.data)
+        if args.resolution:
+            data["resolution"] = args.resolution
+        raw = {"family": args.family, "data": data, "output_dir": args.out or f"runs/{args.family}"}
+        if args.minutes is not None:
+            raw["minutes"] = args.minutes
+        print(run_pipeline(load_recipe(raw, "--data/--family"), resume=args.resume))
+        return
+    if pipeline_flags:
+        raise ValueError(f"--{next(iter(pipeline_flags))} goes with --data, not with a recipe file; "
+                         "set it in the recipe instead")
+    try:
+        raw = json.loads(Path(args.config).read_text())
+    except (OSError, json.JSONDecodeError):
+        raw = None  # TrainConfig.from_file says what is wrong with the file
+    if isinstance(raw, dict) and "family" in raw:
+        raw.pop("_comment", None)
+        if args.output_dir:
+            raw["output_dir"] = args.output_dir
+        print(run_pipeline(load_recipe(raw, args.config), resume=args.resume))
+        return
     config = TrainConfig.from_file(args.config, steps=args.steps, output_dir=args.output_dir, max_minutes=args.max_minutes)
     if args.text_encoder:
         # A frozen pretrained encoder in place of the recipe's trained one (Imagen's comparison).
+        from trilemma.registry import model_class
+
+        if "text_encoder" not in model_class(config.model_class).config_class.__dataclass_fields__:
+            raise ValueError(f"--text-encoder: a {config.model_class} has no text encoder to replace")
         config.model["text_encoder"] = {"pretrained": args.text_encoder}
     print(train(config, resume=args.resume))
 
@@ -179,7 +230,7 @@ def cmd_generate(args) -> None:
     import inspect
 
     import trilemma
-    from trilemma.data.export import ensure_writable
+    from trilemma.shapes.export import ensure_writable
     from trilemma.grid import image_grid
     from trilemma.model import TextToImageModel
     from trilemma.progress import progress
@@ -223,7 +274,7 @@ def cmd_generate(args) -> None:
 
 def cmd_interpolate(args) -> None:
     import trilemma
-    from trilemma.data.export import ensure_writable
+    from trilemma.shapes.export import ensure_writable
     from trilemma.grid import image_grid
 
     model = trilemma.load(args.model)
@@ -297,7 +348,7 @@ def cmd_models(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from trilemma.checkpoint import CheckpointError
-    from trilemma.data.shapes import PromptError
+    from trilemma.shapes.scenes import PromptError
     from trilemma.train.loop import TrainingDiverged
 
     handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models,

@@ -19,6 +19,7 @@ from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 
 class TrainableModel(nn.Module):
     family: str = ""
+    config_class: type = None  # the @dataclass of the model's hyperparameters, which recipes are checked against
 
     # --- what each model supplies -------------------------------------------
     def to_config(self) -> dict:
@@ -43,10 +44,11 @@ class TrainableModel(nn.Module):
         return self.training_step(batch, optimizer_name)
 
     def prepare_training(self, config, device) -> "torch.utils.data.Dataset":
-        """Set up for training (load pretrained parts, cache data); return the dataset."""
-        from trilemma.data.dataset import ShapesDataset
+        """Set up for training (load pretrained parts, cache data); return the dataset (trilemma.data.sources)."""
+        from trilemma.data.sources import build_dataset, parse_data_config
 
-        return ShapesDataset(config.data.get("split", "train"), config.data.get("resolution", 64), config.seed)
+        resolution = getattr(self, "resolution", None) or getattr(getattr(self, "config", None), "resolution", 64)
+        return build_dataset(parse_data_config(config.data, resolution=resolution), config.seed)
 
     def preview(self, prompts: list[str], seed: int = 0) -> tuple[list[Image.Image], list[str]]:
         """Images (and captions) for the loop's sample grid."""
@@ -106,6 +108,11 @@ class TextToImageModel(TrainableModel):
 
     def preview(self, prompts: list[str], seed: int = 0) -> tuple[list[Image.Image], list[str]]:
         return self.generate(prompts, seed=seed), list(prompts)
+
+    def core_networks(self) -> list[nn.Module]:
+        """The networks whose forward passes count as function evaluations (NFE): the denoiser, the
+        transformer, the generator; not the first stage's decoder or the text encoder."""
+        raise NotImplementedError
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

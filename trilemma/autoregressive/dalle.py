@@ -16,7 +16,6 @@ function (DALL-E's CLIP reranking); it is never the benchmark's own scorer (see 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,7 +24,8 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
-from trilemma.autoregressive.vqgan import VQTokenizer
+from trilemma.config import parse_config
+from trilemma.autoencoders.vq import VQTokenizer
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.progress import progress as progress_bar
 from trilemma.text.tokenizer import PromptTokenizer
@@ -48,6 +48,7 @@ class DalleConfig:
 
 class DalleTransformer(TextToImageModel):
     family = "autoregressive"
+    config_class = DalleConfig
 
     def __init__(self, config: DalleConfig):
         super().__init__()
@@ -75,7 +76,7 @@ class DalleTransformer(TextToImageModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "DalleTransformer":
-        return cls(DalleConfig(**config))
+        return cls(parse_config(cls.config_class, config, "model"))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -94,13 +95,16 @@ class DalleTransformer(TextToImageModel):
         return torch.cat([text_ids, boi, image_tokens.flatten(1)[:, :-1] + self.image_offset], dim=1)
 
     # --- training ---------------------------------------------------------------------
+    def core_networks(self):
+        return [self.gpt]
+
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
         return {"model": torch.optim.AdamW(self.gpt.parameters(), lr=learning_rate, weight_decay=weight_decay, betas=(0.9, 0.96))}
 
     def prepare_training(self, config, device):
         """Load the trained VQ tokenizer, tokenize a cache of training scenes once."""
-        from trilemma.data.dataset import CachedLatentDataset, ShapesDataset
-        from trilemma.data.cache import cached_encodings
+        from trilemma.data.cache import encoded_training_set
+        from trilemma.data.sources import parse_data_config
 
         source = config.init.get("vq")
         if source:
@@ -110,10 +114,9 @@ class DalleTransformer(TextToImageModel):
                                  "set the model's 'vq' config to match it")
             self._set_vq(vq)
         self.vq.to(device)
-        n = int(config.data.get("cache_tokens", 20000))
-        data = ShapesDataset(config.data.get("split", "train"), self.resolution, config.seed, paraphrase=False)
-        tokens = cached_encodings(self.vq, self.vq.encode, data, n, Path(config.output_dir) / "token_cache", device, "tokens")
-        return CachedLatentDataset(tokens, [data.scene(i) for i in range(n)], seed=config.seed, key="image_tokens")
+        n = parse_data_config(config.data).cache_tokens
+        _, dataset = encoded_training_set(self.vq, self.vq.encode, config, self.resolution, device, "tokens", "image_tokens", n)
+        return dataset
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         tokens = batch["image_tokens"] if "image_tokens" in batch else self.vq.encode(batch["pixel_values"])

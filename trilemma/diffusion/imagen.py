@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
+from trilemma.config import parse_config
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
@@ -82,6 +83,7 @@ class ImagenConfig:
 
 class ImagenCascade(TextToImageModel):
     family = "diffusion"
+    config_class = ImagenConfig
 
     def __init__(self, config: ImagenConfig):
         super().__init__()
@@ -133,6 +135,9 @@ class ImagenCascade(TextToImageModel):
                                              prediction_type=config.prediction_type, clip_sample=False,
                                              variance_type=config.variance_type)
 
+    def core_networks(self):
+        return list(self.unets)
+
     def _make_unet(self, stage: int) -> UNet2DConditionModel:
         channels = tuple(self.config.unet_channels[stage])
         levels = len(channels)
@@ -169,12 +174,7 @@ class ImagenCascade(TextToImageModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "ImagenCascade":
-        config = dict(config)
-        config["resolutions"] = tuple(config["resolutions"])
-        config["unet_channels"] = tuple(tuple(c) for c in config["unet_channels"])
-        if config.get("train_stages") is not None:
-            config["train_stages"] = tuple(config["train_stages"])
-        return cls(ImagenConfig(**config))
+        return cls(parse_config(cls.config_class, config, "model"))
 
     def external_prefixes(self) -> tuple[str, ...]:
         return tuple(f"text_encoders.{k}." for k, e in enumerate(self.text_encoders) if isinstance(e, PretrainedTextEncoder))
@@ -222,7 +222,7 @@ class ImagenCascade(TextToImageModel):
         return optimizers
 
     def prepare_training(self, config, device):
-        from trilemma.data.dataset import ShapesDataset
+        from trilemma.data.sources import build_dataset, parse_data_config
 
         # init.stages: {stage: folder} starts those stages (U-Net and text encoder) from another cascade's
         # weights, e.g. to train an SR stage further on top of a finished base.
@@ -232,10 +232,10 @@ class ImagenCascade(TextToImageModel):
             self.unets[k].load_state_dict(donor.unets[k].state_dict())
             if not isinstance(self.text_encoders[k], PretrainedTextEncoder):
                 self.text_encoders[k].load_state_dict(donor.text_encoders[k].state_dict())
-        resolution = config.data.get("resolution", self.resolution)
-        if resolution != self.resolution:
-            raise ValueError(f"data resolution {resolution} differs from the cascade's output {self.resolution}")
-        return ShapesDataset(config.data.get("split", "train"), resolution, config.seed)
+        data = parse_data_config(config.data, resolution=self.resolution)
+        if data.resolution != self.resolution:
+            raise ValueError(f"data resolution {data.resolution} differs from the cascade's output {self.resolution}")
+        return build_dataset(data, config.seed)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         stage = int(optimizer_name.removeprefix("stage"))

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder
+from trilemma.config import parse_config
+from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.model import TextToImageModel, check_prompts, to_pil
@@ -51,6 +52,7 @@ class LatentDiffusionConfig:
 
 class LatentDiffusion(TextToImageModel):
     family = "diffusion"
+    config_class = LatentDiffusionConfig
 
     def __init__(self, config: LatentDiffusionConfig):
         super().__init__()
@@ -82,6 +84,9 @@ class LatentDiffusion(TextToImageModel):
         self.latent_channels = autoencoder.config.latent_channels
         self.latent_size = self.config.resolution // autoencoder.config.downsample
 
+    def core_networks(self):
+        return [self.unet]
+
     # --- config ---------------------------------------------------------------
     def external_prefixes(self) -> tuple[str, ...]:
         return ("text_encoder.",) if isinstance(self.text_encoder, PretrainedTextEncoder) else ()
@@ -91,9 +96,7 @@ class LatentDiffusion(TextToImageModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "LatentDiffusion":
-        config = dict(config)
-        config["unet_channels"] = tuple(config["unet_channels"])
-        return cls(LatentDiffusionConfig(**config))
+        return cls(parse_config(cls.config_class, config, "model"))
 
     # --- training -------------------------------------------------------------
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):

@@ -28,13 +28,11 @@ import torch
 from PIL import Image
 
 from trilemma.checkpoint import write_json
-from trilemma.data.export import test_prompts
-from trilemma.data.shapes import parse_prompt, render, sample_scene
-from trilemma.eval.scorer import SCORER_VERSION, score_image, summarize
+from trilemma.shapes.export import test_prompts
+from trilemma.shapes.scenes import parse_prompt, render, sample_scene
+from trilemma.shapes.scorer import SCORER_VERSION, score_image, summarize
 from trilemma.progress import progress as progress_bar
 
-# The networks whose forward passes count as function evaluations (the VAE/VQ decoders do not).
-_CORE = ("UNet2DConditionModel", "GPT2LMHeadModel", "Generator")
 BATCHES = (1, 8, 32, 64)
 
 
@@ -105,9 +103,8 @@ class EvaluationCounter:
 
     def __init__(self, model):
         self.rows, self.handles = 0, []
-        for module in model.modules():
-            if type(module).__name__ in _CORE:
-                self.handles.append(module.register_forward_hook(self._hook))
+        for module in model.core_networks():
+            self.handles.append(module.register_forward_hook(self._hook))
 
     def _hook(self, module, args, kwargs_or_out, *rest):
         x = args[0] if args else None

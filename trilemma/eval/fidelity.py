@@ -28,7 +28,7 @@ def load_feature_network(inception_weights: str | None = None):
         if not Path(inception_weights).is_file():
             raise ValueError(f"no Inception weights file at {inception_weights}")
         return {"feature": 2048, "feature_extractor_weights_path": inception_weights}
-    from trilemma.eval.features import ShapesFeatureNet
+    from trilemma.shapes.features import ShapesFeatureNet
     from trilemma.registry import FEATURE_NETWORK, WEIGHTS_DIR
 
     folder = WEIGHTS_DIR / FEATURE_NETWORK

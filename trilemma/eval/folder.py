@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from trilemma.data.shapes import parse_prompt
-from trilemma.eval.scorer import score_image, summarize
+from trilemma.shapes.scenes import parse_prompt
+from trilemma.shapes.scorer import score_image, summarize
 from trilemma.progress import progress as progress_bar
 
 

@@ -22,7 +22,6 @@ pooling it, keeping where things are.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -31,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.data.shapes import _INVERSE, COLORS, SHAPES, Scene
-from trilemma.diffusion.autoencoder import AutoencoderConfig, KLAutoencoder, load_autoencoder
+from trilemma.config import parse_config
+from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, load_autoencoder
 from trilemma.model import TrainableModel
+from trilemma.shapes.negatives import hard_negative, with_hard_negatives
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -54,52 +54,9 @@ class SentenceMatchingConfig:
     hard_negatives: bool = True
 
 
-def hard_negative(scene: Scene, rng: np.random.Generator) -> Scene:
-    """The same scene with what its caption says changed: a caption that does not describe it."""
-    neg = copy.deepcopy(scene)
-    o = neg.objects
-    if scene.category == "position" and rng.random() < 0.5:
-        neg.relation = _INVERSE[scene.relation]
-        return neg
-    if scene.category == "count":
-        n = int(rng.choice([k for k in (2, 3, 4) if k != len(o)]))
-        neg.objects = [copy.deepcopy(o[0]) for _ in range(n)]
-        return neg
-    if len(o) == 2 and o[0].color != o[1].color and o[0].shape != o[1].shape and rng.random() < 0.5:
-        o[0].color, o[1].color = o[1].color, o[0].color  # the binding, not the words, changes
-        return neg
-    k = int(rng.integers(len(o)))
-    target, rest = o[k], {(x.color, x.shape) for i, x in enumerate(o) if i != k}
-    # One attribute of one object, never onto the other object (a caption naming it twice is not a Shapes caption).
-    options = [(c, target.shape) for c in COLORS if c != target.color] if rng.random() < 0.5 else \
-        [(target.color, sh) for sh in SHAPES if sh != target.shape]
-    options = [x for x in options if x not in rest]
-    target.color, target.shape = options[int(rng.integers(len(options)))]
-    return neg
-
-
-class _WithHardNegatives(torch.utils.data.Dataset):
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.data[index]
-        # A latent cache holds N scenes and repeats them; the rendering dataset draws scene i itself.
-        scene = self.data.scenes[index % len(self.data.scenes)] if hasattr(self.data, "scenes") else self.data.scene(index)
-        rng = np.random.default_rng([self.data.seed, index, 2])
-        return {**item, "negative_text": hard_negative(scene, rng).caption(rng)}
-
-
-def with_hard_negatives(dataset) -> torch.utils.data.Dataset:
-    """Items of `dataset` with a "negative_text": a caption of the item's scene, changed to contradict it."""
-    return _WithHardNegatives(dataset)
-
-
 class SentenceMatching(TrainableModel):
     family = "text"
+    config_class = SentenceMatchingConfig
 
     def __init__(self, config: SentenceMatchingConfig):
         super().__init__()
@@ -125,7 +82,7 @@ class SentenceMatching(TrainableModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "SentenceMatching":
-        return cls(SentenceMatchingConfig(**config))
+        return cls(parse_config(cls.config_class, config, "model"))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -190,7 +147,7 @@ class SentenceMatching(TrainableModel):
 @torch.no_grad()
 def hard_negative_accuracy(model: SentenceMatching, split: str = "test", n: int = 500, seed: int = 0) -> dict:
     """Per category, how often an image scores its own prompt above that prompt's hard negative."""
-    from trilemma.data.dataset import ShapesDataset
+    from trilemma.shapes.dataset import ShapesDataset
 
     data = ShapesDataset(split, model.resolution, seed, paraphrase=False)
     rows = {}

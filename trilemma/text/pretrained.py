@@ -129,5 +129,9 @@ def build_text_encoder(spec: dict, tokenizer) -> tuple[nn.Module, object, dict]:
     if "pretrained" in spec:
         encoder = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
         return encoder, encoder.tokenize, encoder.to_config()
-    encoder = TransformerTextEncoder(TextEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, **spec))
+    from trilemma.config import parse_config
+
+    config = parse_config(TextEncoderConfig, {**spec, "vocab_size": tokenizer.vocab_size, "max_length": tokenizer.max_length},
+                          "model: text_encoder")
+    encoder = TransformerTextEncoder(config)
     return encoder, tokenizer, spec

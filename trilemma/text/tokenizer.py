@@ -1,7 +1,11 @@
-"""A word-level prompt tokenizer, built with HF `tokenizers`.
+"""Prompt tokenizers, built with HF `tokenizers`.
 
-The Shapes vocabulary is a few dozen words, so a word-level model is exact and
-tiny; any other text still encodes (unknown words become [UNK]).
+Two kinds, one interface:
+- the Shapes vocabulary: a few dozen words, so a word-level model is exact and tiny (unknown words
+  become [UNK]); Shapes recipes and the shipped models use it;
+- a byte-level BPE trained on a data set's own captions (`train_caption_tokenizer`), as GPT-2 and CLIP
+  tokenize: any text encodes, an unseen word as pieces of the bytes it is made of, never as [UNK].
+  The tokenizer's JSON is saved inside the model's config, so a checkpoint rebuilds it.
 """
 
 from __future__ import annotations
@@ -9,11 +13,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordLevel
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import BPE, WordLevel
+from tokenizers.trainers import BpeTrainer
 from tokenizers.processors import TemplateProcessing
 
-from trilemma.data.shapes import COLORS, COUNT_WORDS, RELATION_WORDS, SHAPES, SIZE_RANGES
+from trilemma.shapes.scenes import COLORS, COUNT_WORDS, RELATION_WORDS, SHAPES, SIZE_RANGES
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
@@ -27,23 +32,46 @@ def shapes_vocabulary() -> list[str]:
     return list(SPECIAL_TOKENS) + list(dict.fromkeys(words))
 
 
-class PromptTokenizer:
-    """Prompts to fixed-length id tensors: [BOS] words [EOS] [PAD]..."""
+def train_caption_tokenizer(captions: list[str], vocab_size: int = 2000, max_length: int = 32) -> "PromptTokenizer":
+    """A byte-level BPE tokenizer learnt from a data set's captions (lower-cased, NFKC)."""
+    tok = Tokenizer(BPE(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    # The special tokens first, so their ids are the fixed PAD/UNK/BOS/EOS ids every model relies on; the
+    # byte alphabet next, so that any text, in any script, encodes without [UNK].
+    trainer = BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(captions, trainer)
+    tok.post_processor = TemplateProcessing(single="[BOS] $A [EOS]", special_tokens=[("[BOS]", BOS_ID), ("[EOS]", EOS_ID)])
+    return PromptTokenizer(max_length=max_length, bpe=tok.to_str())
 
-    def __init__(self, vocab: list[str] | None = None, max_length: int = 16):
-        self.vocab = list(vocab or shapes_vocabulary())
+
+class PromptTokenizer:
+    """Prompts to fixed-length id tensors: [BOS] tokens [EOS] [PAD]..."""
+
+    def __init__(self, vocab: list[str] | None = None, max_length: int = 16, bpe: str | None = None):
+        self.max_length, self.bpe = max_length, bpe
+        if bpe is not None:
+            tok = Tokenizer.from_str(bpe)
+            vocab_map = tok.get_vocab()
+            self.vocab = sorted(vocab_map, key=vocab_map.get)
+        else:
+            self.vocab = list(vocab or shapes_vocabulary())
+            tok = Tokenizer(WordLevel({w: i for i, w in enumerate(self.vocab)}, unk_token="[UNK]"))
+            tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+            tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+            tok.post_processor = TemplateProcessing(single="[BOS] $A [EOS]", special_tokens=[("[BOS]", BOS_ID), ("[EOS]", EOS_ID)])
         if self.vocab[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
             raise ValueError(f"a vocabulary must start with {SPECIAL_TOKENS}")
-        self.max_length = max_length
-        tok = Tokenizer(WordLevel({w: i for i, w in enumerate(self.vocab)}, unk_token="[UNK]"))
-        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-        tok.post_processor = TemplateProcessing(single="[BOS] $A [EOS]", special_tokens=[("[BOS]", BOS_ID), ("[EOS]", EOS_ID)])
         self._tok = tok
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True).strip()
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), each (len(prompts), max_length)."""
@@ -62,8 +90,12 @@ class PromptTokenizer:
         return self._tok.encode(prompt).tokens
 
     def to_config(self) -> dict:
+        if self.bpe is not None:
+            return {"bpe": self.bpe, "max_length": self.max_length}
         return {"vocab": self.vocab, "max_length": self.max_length}
 
     @classmethod
     def from_config(cls, config: dict) -> "PromptTokenizer":
+        if "bpe" in config:
+            return cls(max_length=config["max_length"], bpe=config["bpe"])
         return cls(config["vocab"], config["max_length"])

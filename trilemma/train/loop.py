@@ -23,7 +23,9 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
-from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from trilemma.checkpoint import CheckpointError, load_checkpoint, write_json
+from trilemma.config import ConfigError, parse_config
+from trilemma.data.sources import parse_data_config
 from trilemma.grid import image_grid
 from trilemma.progress import progress as progress_bar
 from trilemma.registry import model_class
@@ -86,18 +88,22 @@ class TrainConfig:
             raise ValueError(f"{path} must hold a JSON object")
         raw.pop("_comment", None)
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        missing = {"model_class", "model"} - set(raw)
-        if missing:
-            raise ValueError(f"{path}: missing keys {sorted(missing)}")
-        config = cls(**raw)
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "recipe") -> "TrainConfig":
+        """A recipe checked as a whole before anything trains: its keys and types, its data object and the
+        model's own config: one line naming the fix if not."""
+        config = parse_config(cls, raw, where)
         for key in ("steps", "batch_size", "keep_checkpoints"):
-            if not isinstance(getattr(config, key), int) or getattr(config, key) < 1:
-                raise ValueError(f"{path}: {key} must be an integer of at least 1")
-        if not isinstance(config.model, dict):
-            raise ValueError(f"{path}: 'model' must be an object of hyperparameters")
+            if getattr(config, key) < 1:
+                raise ConfigError(f"{where}: '{key}' must be at least 1, got {getattr(config, key)}")
+        parse_data_config(config.data, f"{where}: data")
+        try:
+            klass = model_class(config.model_class)
+        except KeyError as e:
+            raise ConfigError(f"{where}: {e.args[0]}") from None
+        parse_config(klass.config_class, config.model, f"{where}: model")
         return config
 
 
@@ -174,6 +180,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         ema.load_state_dict(_load_tensors(ckpt / "ema.safetensors"))
 
     world, rank, batch = accelerator.num_processes, accelerator.process_index, config.batch_size
+    # A streamed dataset (webdataset) splits its shards between processes itself and is read in order; to
+    # resume, a process skips the samples it had read (the stream is a pure function of the seed).
+    stream = iter(dataset) if isinstance(dataset, torch.utils.data.IterableDataset) else None
+    for _ in range(step * batch if stream is not None else 0):
+        next(stream)
     log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
     bar = progress_bar(total=config.steps, initial=step, enabled=progress and accelerator.is_main_process, desc="train")
     last_good = None
@@ -183,8 +194,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 accelerator.print(f"stopping at step {step}: reached max_minutes={config.max_minutes}")
                 break
             t0 = time.perf_counter()
-            start = (step * world + rank) * batch
-            samples = [dataset[i] for i in range(start, start + batch)]
+            if stream is not None:
+                samples = [next(stream) for _ in range(batch)]
+            else:
+                start = (step * world + rank) * batch
+                samples = [dataset[i] for i in range(start, start + batch)]
             data = _collate(samples, accelerator.device)
             lr_scale = lr_multiplier(config, step)
             losses = {}

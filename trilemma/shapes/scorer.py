@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from trilemma.data.shapes import BACKGROUND, COLORS, SHAPES, SIZE_RANGES, ParsedPrompt, parse_prompt, relation_holds
+from trilemma.shapes.scenes import BACKGROUND, COLORS, SHAPES, SIZE_RANGES, ParsedPrompt, parse_prompt, relation_holds
 
 _NAMES = ("background",) + tuple(COLORS)
 _PALETTE = np.array([BACKGROUND, *COLORS.values()], dtype=np.float32)  # (7, 3)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 
-from trilemma.data.shapes import render, sample_scene
+from trilemma.shapes.scenes import render, sample_scene
 from trilemma.progress import progress as progress_bar
 
 

@@ -21,6 +21,8 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from trilemma.config import parse_config
+from trilemma.autoencoders import preview_samples
 from trilemma.model import TrainableModel, to_pil
 
 
@@ -143,7 +145,8 @@ class PatchDiscriminator(nn.Module):
 
 
 class VQTokenizer(TrainableModel):
-    family = "autoregressive"
+    family = "first-stage"  # shared by the families; see trilemma/autoencoders
+    config_class = VQConfig
 
     def __init__(self, config: VQConfig):
         super().__init__()
@@ -172,10 +175,7 @@ class VQTokenizer(TrainableModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "VQTokenizer":
-        config = dict(config)
-        if "block_out_channels" in config:  # absent when a transformer's recipe leaves the tokenizer to `init`
-            config["block_out_channels"] = tuple(config["block_out_channels"])
-        return cls(VQConfig(**config))
+        return cls(parse_config(cls.config_class, config, "model"))
 
     # --- tokens -----------------------------------------------------------------
     def quantize(self, images: torch.Tensor):
@@ -250,12 +250,14 @@ class VQTokenizer(TrainableModel):
         hinge = 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
         return {"loss": hinge, "d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
 
-    def preview(self, prompts: list[str], seed: int = 0):
-        """Real test renders above their reconstructions, for the loop's sample grid."""
-        from trilemma.data.dataset import ShapesDataset
+    def prepare_training(self, config, device):
+        dataset = super().prepare_training(config, device)
+        self._preview = preview_samples(dataset, self.config.resolution)
+        return dataset
 
-        data = ShapesDataset("test", self.config.resolution, seed, paraphrase=False)
-        real = torch.stack([data[i]["pixel_values"] for i in range(len(prompts))])
+    def preview(self, prompts: list[str], seed: int = 0):
+        """Training images above their reconstructions, for the loop's sample grid."""
+        real, captions = getattr(self, "_preview", None) or preview_samples(None, self.config.resolution)
         device = next(self.parameters()).device
         recon = self.reconstruct(real.to(device)).cpu()
-        return to_pil(real) + to_pil(recon), [data[i]["prompt"] for i in range(len(prompts))] + ["reconstruction"] * len(prompts)
+        return to_pil(real) + to_pil(recon), captions + ["reconstruction"] * len(captions)

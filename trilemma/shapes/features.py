@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.data.shapes import COLORS, SHAPES
+from trilemma.config import parse_config
+from trilemma.shapes.scenes import COLORS, SHAPES
 from trilemma.model import TrainableModel
 
 GRID = 4
@@ -53,6 +54,7 @@ class ShapesFeatureNet(TrainableModel):
     """images (B, 3, R, R) in [0, 1] -> features (B, num_features); torchmetrics calls it so."""
 
     family = "evaluation"
+    config_class = FeatureNetConfig
 
     def __init__(self, config: FeatureNetConfig):
         super().__init__()
@@ -71,9 +73,7 @@ class ShapesFeatureNet(TrainableModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "ShapesFeatureNet":
-        config = dict(config)
-        config["channels"] = tuple(config["channels"])
-        return cls(FeatureNetConfig(**config))
+        return cls(parse_config(cls.config_class, config, "model"))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x in [-1, 1]; images of another size are resized to the training resolution."""
@@ -108,7 +108,7 @@ class SceneTargetDataset(torch.utils.data.Dataset):
     """Shapes renders with their scene targets (endless, indexed like ShapesDataset)."""
 
     def __init__(self, split: str, resolution: int, seed: int):
-        from trilemma.data.dataset import ShapesDataset
+        from trilemma.shapes.dataset import ShapesDataset
 
         self.data = ShapesDataset(split, resolution, seed, paraphrase=False)
 

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from trilemma.model import TrainableModel
+from trilemma.config import parse_config
+from trilemma.autoencoders import preview_samples
+from trilemma.model import TrainableModel, to_pil
 
 
 @dataclass
@@ -34,7 +36,8 @@ class AutoencoderConfig:
 
 
 class KLAutoencoder(TrainableModel):
-    family = "diffusion"
+    family = "first-stage"  # shared by the families; see trilemma/autoencoders
+    config_class = AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
@@ -53,9 +56,7 @@ class KLAutoencoder(TrainableModel):
 
     @classmethod
     def from_config(cls, config: dict) -> "KLAutoencoder":
-        config = dict(config)
-        config["block_out_channels"] = tuple(config["block_out_channels"])
-        return cls(AutoencoderConfig(**config))
+        return cls(parse_config(cls.config_class, config, "model"))
 
     def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         posterior = self.vae.encode(images).latent_dist
@@ -77,16 +78,16 @@ class KLAutoencoder(TrainableModel):
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images)).clamp(-1, 1)
 
-    def preview(self, prompts: list[str], seed: int = 0):
-        """Reconstructions of `test` renders beside the originals."""
-        from trilemma.data.dataset import ShapesDataset
-        from trilemma.model import to_pil
+    def prepare_training(self, config, device):
+        dataset = super().prepare_training(config, device)
+        self._preview = preview_samples(dataset, self.config.resolution)
+        return dataset
 
-        data = ShapesDataset("test", self.config.resolution, seed, paraphrase=False)
-        x = torch.stack([data[i]["pixel_values"] for i in range(len(prompts))])
-        images = to_pil(torch.cat([x, self.reconstruct(x)]))
-        captions = [data[i]["prompt"] for i in range(len(prompts))] + ["reconstruction"] * len(prompts)
-        return images, captions
+    def preview(self, prompts: list[str], seed: int = 0):
+        """Training images above their reconstructions, for the loop's sample grid."""
+        x, captions = getattr(self, "_preview", None) or preview_samples(None, self.config.resolution)
+        device = next(self.parameters()).device
+        return to_pil(torch.cat([x, self.reconstruct(x.to(device)).cpu()])), captions + ["reconstruction"] * len(captions)
 
 
 def load_autoencoder(source: str) -> KLAutoencoder:

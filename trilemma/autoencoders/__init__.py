@@ -1,0 +1,18 @@
+"""First stages shared by the families: the KL autoencoder (latent diffusion, the latent GAN, the matching
+encoder) and the VQ tokenizer (the autoregressive transformer). No family owns them, so none imports another."""
+
+from __future__ import annotations
+
+import torch
+
+
+def preview_samples(dataset, resolution: int, n: int = 8) -> tuple[torch.Tensor, list[str]]:
+    """(images, captions) a first stage shows reconstructed in the loop's sample grid: the first n training
+    samples, or (no dataset: a loaded model) Shapes `test` renders."""
+    if dataset is None:
+        from trilemma.shapes.dataset import ShapesDataset
+
+        dataset = ShapesDataset("test", resolution, 0, paraphrase=False)
+    stream = iter(dataset) if isinstance(dataset, torch.utils.data.IterableDataset) else None
+    samples = [next(stream) if stream else dataset[i] for i in range(n)]
+    return torch.stack([s["pixel_values"] for s in samples]), [s["text"] for s in samples]

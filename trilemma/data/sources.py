@@ -1,0 +1,336 @@
+"""Where training images come from: a recipe's `data` object, read into a dataset that any model trains on.
+
+    {"type": "shapes", "split": "train", "resolution": 64}
+    {"type": "imagefolder", "path": "DIR", "caption_column": "text", "image_column": "file_name"}
+    {"type": "webdataset", "urls": "shards/{00000..00099}.tar"}
+
+The batch contract, what every model's `training_step` reads: each sample is a dict with
+`pixel_values` (3, R, R) floats in [-1, 1] and `text` (its caption); a Shapes sample adds `prompt` (the
+canonical wording). A model that trains on a frozen first stage's encodings gets `latents` or
+`image_tokens` in place of `pixel_values` (`trilemma.data.cache`).
+
+Two kinds of dataset come out:
+- indexed (Shapes, an image folder): the loop asks for sample i; a finite folder is read epoch by epoch,
+  each epoch a fresh permutation drawn from (seed, epoch), so every image is seen once per epoch and a
+  resumed run sees the batches an unbroken one would;
+- streamed (webdataset shards): read in order, never whole into memory; each process takes its own
+  shards (shard k goes to process k mod P), and each data-loader worker its own share of those, so P
+  processes read each sample once per epoch between them.
+
+Transforms follow diffusers' training scripts: resize the short side to `resolution`, `center_crop` (else a
+random crop), `random_flip`. Random choices are drawn from (seed, sample index), never from global state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, IterableDataset
+
+from trilemma.config import ConfigError, parse_config
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+TYPES = ("shapes", "imagefolder", "webdataset")
+
+
+@dataclass
+class DataConfig:
+    type: str = "shapes"
+    resolution: int | None = None  # None: the model's own resolution
+    center_crop: bool = True  # else a random crop of the resized image
+    random_flip: bool = False  # a horizontal mirror, half the time (not for Shapes: "left of" would lie)
+    # shapes
+    split: str = "train"
+    cache_latents: int = 20000  # how many scenes a latent model encodes once (Shapes is endless)
+    cache_tokens: int = 20000  # the same for the autoregressive model's VQ tokens
+    # imagefolder: HF datasets' layout (metadata.jsonl beside the images), or x.png beside x.txt
+    path: str | None = None
+    caption_column: str = "text"
+    image_column: str = "file_name"
+    # webdataset: brace-expanded tar shards, an image (.jpg/.png/.webp) and a caption (.txt/.json) per sample
+    urls: str | list[str] | None = None
+    shuffle_buffer: int = 1000  # samples shuffled in memory as they stream past
+
+
+def parse_data_config(raw: dict | None, where: str = "data", resolution: int = 64) -> DataConfig:
+    """A recipe's `data` object, checked: one line naming the fix for a bad key, type or value. A data
+    object that names no resolution takes the model's (`resolution`)."""
+    config = parse_config(DataConfig, dict(raw or {}), where)
+    if config.resolution is None:
+        config.resolution = resolution
+    if config.type not in TYPES:
+        raise ConfigError(f"{where}: 'type' must be one of {', '.join(TYPES)}, got {config.type!r}")
+    if config.type == "imagefolder" and not config.path:
+        raise ConfigError(f"{where}: an imagefolder needs 'path', the folder of images")
+    if config.type == "webdataset" and not config.urls:
+        raise ConfigError(f"{where}: a webdataset needs 'urls', for example \"shards/{{00000..00009}}.tar\"")
+    if config.resolution < 8:
+        raise ConfigError(f"{where}: 'resolution' must be at least 8, got {config.resolution}")
+    return config
+
+
+def build_dataset(data: DataConfig, seed: int = 0, rank: int | None = None, world: int | None = None):
+    """The dataset a recipe names: indexed and endless (Shapes, folders) or streamed (webdataset)."""
+    if data.type == "shapes":
+        from trilemma.shapes.dataset import ShapesDataset
+
+        return ShapesDataset(data.split, data.resolution, seed)
+    if data.type == "imagefolder":
+        return Epochs(ImageFolder(data), seed)
+    return WebDatasetStream(data, seed, rank, world)
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB to (3, H, W) float in [-1, 1]."""
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return arr.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, transparent pixels on white (emoji, icons and logos are drawn on transparency)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def transform(image: Image.Image, data: DataConfig, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Resize the short side to the resolution, crop a square (centre, or random when rng is given and
+    center_crop is off), flip (when rng is given and random_flip is on)."""
+    image = to_rgb(image)
+    r = data.resolution
+    w, h = image.size
+    scale = r / min(w, h)
+    size = (max(r, round(w * scale)), max(r, round(h * scale)))
+    if size != (w, h):
+        image = image.resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+    w, h = image.size
+    if rng is not None and not data.center_crop:
+        x0, y0 = int(rng.integers(w - r + 1)), int(rng.integers(h - r + 1))
+    else:
+        x0, y0 = (w - r) // 2, (h - r) // 2
+    image = image.crop((x0, y0, x0 + r, y0 + r))
+    if rng is not None and data.random_flip and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image_to_tensor(image)
+
+
+def open_image(source, name: str) -> Image.Image:
+    try:
+        image = Image.open(source)
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{name} is not a readable image ({e}); remove it or replace it") from None
+
+
+class ImageFolder(Dataset):
+    """A finite folder of captioned images: sample k is image k, resized and centre-cropped.
+
+    Two layouts: Hugging Face `datasets`' imagefolder (a `metadata.jsonl` whose rows name the image file
+    and its caption; a list of captions is allowed, one drawn per epoch), or DALLE-pytorch's `x.png`
+    beside `x.txt` (one caption a line). Files are read when asked for, never all at once.
+    """
+
+    def __init__(self, data: DataConfig):
+        self.data = data
+        self.root = Path(data.path)
+        if not self.root.is_dir():
+            raise ValueError(f"no image folder at {self.root}; pass a folder of images with captions")
+        meta = self.root / "metadata.jsonl"
+        self.files, self.captions = self._read_metadata(meta) if meta.is_file() else self._read_pairs()
+        if not self.files:
+            raise ValueError(f"{self.root} holds no captioned images: add a metadata.jsonl "
+                             f"({{\"{data.image_column}\": \"x.png\", \"{data.caption_column}\": \"a caption\"}} a line) "
+                             "or x.txt captions beside x.png images")
+
+    def _read_metadata(self, meta: Path) -> tuple[list[Path], list[list[str]]]:
+        files, captions = [], []
+        for n, line in enumerate(meta.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{meta}:{n} is not valid JSON ({e.msg})") from None
+            for column in (self.data.image_column, self.data.caption_column):
+                if not isinstance(row, dict) or column not in row:
+                    raise ValueError(f"{meta}:{n} has no {column!r} column; name the right one with "
+                                     f"data.{'image' if column == self.data.image_column else 'caption'}_column")
+            text = row[self.data.caption_column]
+            texts = [text] if isinstance(text, str) else list(text)
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise ValueError(f"{meta}:{n}: the caption must be text or a list of texts")
+            path = self.root / row[self.data.image_column]
+            if not path.is_file():
+                raise ValueError(f"{meta}:{n} names {path.name}, which is not in {self.root}")
+            files.append(path)
+            captions.append(texts)
+        return files, captions
+
+    def _read_pairs(self) -> tuple[list[Path], list[list[str]]]:
+        files, captions = [], []
+        for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            text = path.with_suffix(".txt")
+            if text.is_file():
+                lines = [line.strip() for line in text.read_text().splitlines() if line.strip()]
+                if lines:
+                    files.append(path)
+                    captions.append(lines)
+        return files, captions
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, k: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return transform(open_image(self.files[k], str(self.files[k])), self.data, rng)
+
+    def caption(self, k: int, draw: int = 0) -> str:
+        texts = self.captions[k]
+        return texts[draw % len(texts)]
+
+    def all_captions(self) -> list[str]:
+        return [t for texts in self.captions for t in texts]
+
+    def __getitem__(self, k: int) -> dict:
+        return {"pixel_values": self.image(k), "text": self.caption(k)}
+
+    def fingerprint(self) -> str:
+        """Changes when a file, a caption or a transform does: the key of an encoding cache."""
+        h = hashlib.sha256(json.dumps(asdict(self.data), sort_keys=True).encode())
+        for path, texts in zip(self.files, self.captions):
+            stat = path.stat()
+            h.update(json.dumps([str(path.relative_to(self.root)), stat.st_size, stat.st_mtime_ns, texts]).encode())
+        return h.hexdigest()[:16]
+
+
+class Epochs(Dataset):
+    """A finite dataset read endlessly: sample i is item perm_e[i mod N] of epoch e = i // N.
+
+    The permutation is drawn from (seed, e), crops and flips from (seed, i): a pure function of i, as the
+    loop needs for exact resumption.
+    """
+
+    def __init__(self, source: ImageFolder, seed: int = 0):
+        self.source, self.seed = source, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def source_index(self, i: int) -> int:
+        n = len(self.source)
+        epoch = i // n
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch, 7]).permutation(n))
+        return int(self._perm[1][i % n])
+
+    def __getitem__(self, i: int) -> dict:
+        k = self.source_index(i)
+        rng = np.random.default_rng([self.seed, i, 8])
+        return {"pixel_values": self.source.image(k, rng), "text": self.source.caption(k, i // len(self.source))}
+
+    # --- what an encoding cache needs (trilemma.data.cache) -------------------------------
+    def cache_images(self, n: int):
+        """Every image, centre-cropped, in folder order."""
+        for k in range(n):
+            yield self.source.image(k)
+
+    def cached_sample(self, i: int, n: int) -> dict:
+        """Sample i of the epoch stream over the cached images: its index, whether mirrored, a caption."""
+        k = self.source_index(i)
+        flip = self.source.data.random_flip and np.random.default_rng([self.seed, i, 8]).random() < 0.5
+        return {"index": k, "flip": bool(flip), "text": self.source.caption(k, i // len(self.source))}
+
+    def fingerprint(self) -> str:
+        return self.source.fingerprint()
+
+
+def expand_urls(urls: str | list[str]) -> list[str]:
+    import braceexpand
+
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    return [u for pattern in urls for u in braceexpand.braceexpand(pattern)]
+
+
+def _process() -> tuple[int, int]:
+    """(rank, world) of this process: torch.distributed once accelerate has set it up, else one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class WebDatasetStream(IterableDataset):
+    """Webdataset shards (img2dataset's and open_clip's layout), streamed with the `webdataset` package.
+
+    Shards are split by process, then by data-loader worker, before any is opened, so each sample is read
+    by one reader per epoch. Each epoch reshuffles the shard order and a buffer of samples from (seed,
+    epoch): the stream is a pure function of the seed, so a resumed run can skip to where it stopped.
+    """
+
+    def __init__(self, data: DataConfig, seed: int = 0, rank: int | None = None, world: int | None = None):
+        self.data, self.seed = data, seed
+        self.shards = expand_urls(data.urls)
+        missing = [s for s in self.shards if "://" not in s and not Path(s).is_file()]
+        if missing:
+            raise ValueError(f"no shard at {missing[0]} ({len(missing)} of {len(self.shards)} missing); check data.urls")
+        if rank is None or world is None:
+            rank, world = _process()
+        self.rank, self.world = rank, world
+        if len(self.shards) < world:
+            raise ValueError(f"{len(self.shards)} shards cannot feed {world} processes; write at least one shard each")
+
+    def my_shards(self, epoch: int) -> list[str]:
+        order = np.random.default_rng([self.seed, epoch, 9]).permutation(len(self.shards))
+        mine = [self.shards[k] for k in order[self.rank::self.world]]
+        info = torch.utils.data.get_worker_info()
+        return mine[info.id::info.num_workers] if info is not None else mine
+
+    def epoch(self, epoch: int):
+        """One pass over this reader's shards: samples as the batch contract has them."""
+        import webdataset as wds
+
+        # Splitting is done above, by (rank, worker); the package's own splitters would split again.
+        pipeline = wds.WebDataset(self.my_shards(epoch), shardshuffle=False, nodesplitter=None,
+                                  workersplitter=None, empty_check=False)
+        if self.data.shuffle_buffer > 1:
+            pipeline = pipeline.shuffle(self.data.shuffle_buffer, rng=_Random(self.seed, epoch, self.rank))
+        for n, sample in enumerate(pipeline):
+            image_key = next((k for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
+            text = sample.get("txt")
+            if text is None and "json" in sample:
+                meta = json.loads(sample["json"])
+                text = meta.get(self.data.caption_column) or meta.get("caption")
+            if image_key is None or text is None:
+                continue  # a sample without an image or a caption: img2dataset writes such failures too
+            text = text.decode() if isinstance(text, bytes) else str(text)
+            rng = np.random.default_rng([self.seed, epoch, self.rank, n])
+            image = open_image(io.BytesIO(sample[image_key]), f"{sample['__url__']}:{sample['__key__']}")
+            yield {"pixel_values": transform(image, self.data, rng), "text": text.strip()}
+
+    def __iter__(self):
+        epoch, empty = 0, 0
+        while True:
+            got = False
+            for sample in self.epoch(epoch):
+                got = True
+                yield sample
+            empty = 0 if got else empty + 1
+            if empty >= 2:
+                raise ValueError(f"the shards {self.my_shards(epoch)[:2]}... hold no image with a caption")
+            epoch += 1
+
+
+def _Random(*seed):
+    """A `random.Random` seeded from a tuple (webdataset's shuffle takes one)."""
+    import random
+
+    return random.Random(int(np.random.default_rng(list(seed)).integers(2**63)))
