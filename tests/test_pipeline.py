@@ -29,6 +29,14 @@ def test_one_command_trains_both_stages_and_generate_takes_free_text(folder, tmp
     assert rc == 0, stderr[-3000:]
     image = Image.open(tmp_path / "gen" / "000000.png")
     assert image.size == (16, 16)
+    if family == "diffusion":  # measured against held-out images, with the references in the same feature space
+        rc, stdout, stderr = run_cli("evaluate", "--model", out, "--data", folder, "--train-data", folder,
+                                     "--out", tmp_path / "eval")
+        assert rc == 0, stderr[-3000:]
+        report = json.loads((tmp_path / "eval" / "report.json").read_text())
+        assert report["n"] == 12 and report["generated"]["fid"] >= 0
+        shuffled = report["references"]["held-out pixels shuffled"]["fid"]
+        assert report["references"]["training images"]["fid"] < 1e-6 < shuffled  # same images; structure-free noise
 
 
 def test_a_family_recipe_file_overrides_the_size_rule_and_resumes(folder, tmp_path):

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for report.json and report.md (default reports/eval/MODEL)")
     ev.add_argument("--cache", default="reports/eval-cache", help="generated images are kept here and reused")
     ev.add_argument("--inception-weights", metavar="PATH", help="FID on Inception-v3 features from this weights file")
+    ev.add_argument("--data", metavar="DIR", help="a held-out image folder: one image per caption, FID/KID against "
+                                                  "its images (instead of the Shapes splits)")
+    ev.add_argument("--train-data", metavar="DIR", help="with --data: the training folder, measured as a reference")
+    ev.add_argument("--seed", type=int, default=0)
 
     cm = sub.add_parser("compare", help="evaluate several models and write one table, plots and a side-by-side grid")
     cm.add_argument("models", nargs="+")
@@ -294,6 +298,16 @@ def cmd_interpolate(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from trilemma.eval.evaluate import evaluate, report_markdown
+
+    if args.data:
+        from trilemma.eval.heldout import evaluate_heldout, heldout_markdown
+
+        out = Path(args.out or Path("reports/eval") / Path(args.model).name)
+        report = evaluate_heldout(args.model, args.data, args.train_data, n=args.n, seed=args.seed, out=out,
+                                  inception_weights=args.inception_weights)
+        print(heldout_markdown(report))
+        print(f"(report.json, report.md and samples.png in {out})")
+        return
 
     out = Path(args.out or Path("reports/eval") / Path(args.model).name)
     report = evaluate(args.model, args.split, args.n, out, Path(args.cache), args.inception_weights, progress=sys.stderr.isatty())
