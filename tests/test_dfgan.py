@@ -146,7 +146,7 @@ def test_latent_gan_trains_on_cached_latents_of_a_saved_autoencoder(tmp_path):
     assert loss != model.training_step(batch, "discriminator")["d_mismatch"]
     bad = TrainConfig(**{**config.__dict__, "model": {**TINY_GAN, "autoencoder": {**TINY_AE, "latent_channels": 3}},
                          "output_dir": str(tmp_path / "bad")})
-    with pytest.raises(ValueError, match="latent shape"):
+    with pytest.raises(ValueError, match="its latents are 4 x 8.2 at 32 px, but this GAN was built for 3 x 8.2"):
         train(bad)
 
 

@@ -90,6 +90,21 @@ class KLAutoencoder(TrainableModel):
         return to_pil(torch.cat([x, self.reconstruct(x.to(device)).cpu()])), captions + ["reconstruction"] * len(captions)
 
 
+def frozen_autoencoder(current: KLAutoencoder, source: str | None, user: str) -> KLAutoencoder:
+    """The first stage a latent model trains on: the trained one in `source` (an autoencoder's folder, or a
+    model with one inside), which must make latents of the shape the `user` was built for; else `current`."""
+    if not source:
+        return current
+    autoencoder = load_autoencoder(source)
+    have, want = autoencoder.config, current.config
+    if (have.latent_channels, have.downsample, have.resolution) != (want.latent_channels, want.downsample, want.resolution):
+        raise ValueError(f"{source}: its latents are {have.latent_channels} x {have.resolution // have.downsample}^2 at "
+                         f"{have.resolution} px, but this {user} was built for {want.latent_channels} x "
+                         f"{want.resolution // want.downsample}^2 at {want.resolution} px; set the model's 'autoencoder' "
+                         "config to match it")
+    return autoencoder
+
+
 def load_autoencoder(source: str) -> KLAutoencoder:
     """The KL autoencoder in a checkpoint folder: an autoencoder's own, or the one inside a latent model."""
     donor = TrainableModel.from_pretrained(source)

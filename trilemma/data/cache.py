@@ -99,10 +99,10 @@ def encoded_training_set(encoder: nn.Module, encode: Callable, config, resolutio
     return encodings, CachedEncodings(encodings, dataset, key, flipped)
 
 
-def latent_training_set(autoencoder: nn.Module, config, resolution: int, device) -> tuple[torch.Tensor, Dataset]:
-    """(a sample of latents, dataset): latents of the training data encoded once by a frozen KL
-    autoencoder, what latent diffusion, the latent GAN and the matching encoder train on. For streamed
-    data, the latents of its first 256 samples (to set the latent scale) and the stream."""
+def latent_training_set(autoencoder: nn.Module, config, resolution: int, device) -> tuple[float, Dataset]:
+    """(latent scale, dataset): latents of the training data encoded once by a frozen KL autoencoder,
+    what latent diffusion, the latent GAN and the matching encoder train on, and Stable Diffusion's
+    scaling factor, 1 / their standard deviation (for streamed data, of its first 256 samples' latents)."""
     data = parse_data_config(config.data)
     latents, dataset = encoded_training_set(autoencoder, autoencoder.encode, config, resolution, device, "latents",
                                             "latents", data.cache_latents)
@@ -110,5 +110,5 @@ def latent_training_set(autoencoder: nn.Module, config, resolution: int, device)
         stream = iter(dataset)
         with torch.no_grad():
             latents = autoencoder.encode(torch.stack([next(stream)["pixel_values"] for _ in range(256)]).to(device)).cpu()
-    return latents, dataset
+    return float(1.0 / latents.std()), dataset
 

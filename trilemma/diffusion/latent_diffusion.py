@@ -17,7 +17,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.config import parse_config
-from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder
+from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.model import TextToImageModel, check_prompts, to_pil
@@ -107,16 +107,9 @@ class LatentDiffusion(TextToImageModel):
         """Load the trained autoencoder, encode a cache of training latents once, set the latent scale."""
         from trilemma.data.cache import latent_training_set
 
-        source = config.init.get("autoencoder")
-        if source:
-            autoencoder = KLAutoencoder.from_pretrained(source)
-            if autoencoder.config.latent_channels != self.latent_channels or autoencoder.config.downsample != self.resolution // self.latent_size:
-                raise ValueError(f"{source}: its latent shape differs from the one this U-Net was built for; "
-                                 "set the model's 'autoencoder' config to match it")
-            self._set_autoencoder(autoencoder)
+        self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "U-Net"))
         self.autoencoder.to(device).eval()
-        latents, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
-        self.config.latent_scale = float(1.0 / latents.std())
+        self.config.latent_scale, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
         return dataset
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.config import parse_config
-from trilemma.autoencoders.kl import KLAutoencoder, load_autoencoder
+from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
 from trilemma.model import TextToImageModel, check_prompts, to_pil
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
@@ -313,17 +313,9 @@ class DFGAN(TextToImageModel):
             self.config.text_encoder = {k: v for k, v in asdict(encoder.config).items() if k not in ("vocab_size", "max_length")}
             self.text_encoder = encoder.requires_grad_(False).eval()
         if self.autoencoder is not None:
-            source = config.init.get("autoencoder")
-            if source:
-                autoencoder = load_autoencoder(source)
-                if autoencoder.config.latent_channels != self.config.channels or \
-                        self.resolution // autoencoder.config.downsample != self.config.grid:
-                    raise ValueError(f"{source}: its latent shape differs from the one this GAN was built for; "
-                                     "set the model's 'autoencoder' config to match it")
-                self._set_autoencoder(autoencoder)
+            self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "GAN"))
             self.autoencoder.to(device)
-            latents, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
-            self.config.latent_scale = float(1.0 / latents.std())
+            self.config.latent_scale, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
         else:
             # Channels-last convolutions train 1.2x faster on this CPU (oneDNN), measured at 64 px.
             self.generator.to(memory_format=torch.channels_last)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.config import parse_config
-from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, load_autoencoder
+from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.model import TrainableModel
 from trilemma.shapes.negatives import hard_negative, with_hard_negatives
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
@@ -116,16 +116,10 @@ class SentenceMatching(TrainableModel):
     def prepare_training(self, config, device):
         from trilemma.data.cache import latent_training_set
 
-        source = config.init.get("autoencoder")
-        if source:
-            autoencoder = load_autoencoder(source)
-            if autoencoder.to_config() != self.autoencoder.to_config():
-                raise ValueError(f"{source} holds no KL autoencoder of the configured shape; set the model's "
-                                 "'autoencoder' config to match it")
-            self.autoencoder = autoencoder.requires_grad_(False).eval()
-        self.autoencoder.to(device)
-        latents, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
-        self.config.latent_scale = float(1.0 / latents.std())
+        autoencoder = frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "matching encoder")
+        self.config.autoencoder = autoencoder.to_config()
+        self.autoencoder = autoencoder.requires_grad_(False).eval().to(device)
+        self.config.latent_scale, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
         return with_hard_negatives(dataset) if self.config.hard_negatives else dataset
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
