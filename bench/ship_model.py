@@ -33,7 +33,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("source")
     ap.add_argument("name")
-    ap.add_argument("--scores", required=True, help="a report from bench/score_model.py")
+    ap.add_argument("--scores", help="a report from bench/score_model.py (a Shapes model)")
+    ap.add_argument("--heldout", metavar="REPORT", help="a model of another data set: the report.json of "
+                                                        "`trilemma evaluate --data HELD_OUT`")
+    ap.add_argument("--benchmark", default="shapes", help="with --heldout: the data set's name (e.g. emoji)")
     ap.add_argument("--curve")
     ap.add_argument("--grid")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -44,6 +47,8 @@ def main():
     ap.add_argument("--scores-only", action="store_true",
                     help="only rewrite the shipped model's scores.json from --scores (a re-scoring), keeping its training minutes")
     args = ap.parse_args()
+    if (args.scores is None) == (args.heldout is None):
+        raise SystemExit("give --scores (a Shapes model) or --heldout (a model of another data set)")
     if args.scores_only:
         dest = WEIGHTS_DIR / args.name
         old = json.loads((dest / "scores.json").read_text())
@@ -58,9 +63,14 @@ def main():
             raise SystemExit(f"{type(model).__name__} has no config field {key!r}")
         setattr(model.config, key, json.loads(value))
     dest = WEIGHTS_DIR / args.name
-    report = json.loads(Path(args.scores).read_text())
     training = json.loads((Path(args.source) / "training.json").read_text())
-    scores = {"parameters": model.num_parameters(), **card_scores(report),
+    if args.heldout:
+        report = json.loads(Path(args.heldout).read_text())
+        measured = {"benchmark": args.benchmark, "heldout": {"n": report["n"], "features": report["features"],
+                                                             **report["generated"], "references": report["references"]}}
+    else:
+        measured = card_scores(json.loads(Path(args.scores).read_text()))
+    scores = {"parameters": model.num_parameters(), **measured,
               "training_minutes": args.training_minutes or round(training["train_seconds"] / 60, 1)}
     card = dest / "README.md"
     kept_card = card.read_text() if card.is_file() else None

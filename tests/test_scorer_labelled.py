@@ -19,7 +19,7 @@ from PIL import Image
 
 from trilemma.shapes.scenes import parse_prompt
 from trilemma.shapes.scorer import score_image
-from trilemma.registry import shipped_models
+from trilemma.registry import shapes_models
 
 FIXTURE = Path(__file__).parent / "fixtures" / "labelled"
 
@@ -31,7 +31,7 @@ def labelled() -> list[dict]:
 def test_the_labelled_set_covers_every_shipped_model_split_and_category():
     rows = labelled()
     assert len(rows) >= 400
-    models = set(shipped_models())
+    models = set(shapes_models())
     assert models <= {r["model"] for r in rows}
     assert {r["split"] for r in rows} == {"test", "test-novel"}
     assert {parse_prompt(r["prompt"]).category for r in rows} == {"single", "pair", "count", "position"}

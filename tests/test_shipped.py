@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import trilemma
-from trilemma.registry import DEFAULT_MODEL, model_info, shipped_models
+from trilemma.registry import DEFAULT_MODEL, model_info, shapes_models, shipped_models
 from trilemma.train.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,9 +17,9 @@ def test_default_model_is_shipped():
     assert DEFAULT_MODEL in shipped_models()
 
 
-@pytest.mark.parametrize("name", sorted(shipped_models()))
+@pytest.mark.parametrize("name", sorted(shapes_models()))
 def test_shipped_model_has_card_and_scores(name):
-    folder = shipped_models()[name]
+    folder = shapes_models()[name]
     assert (folder / "README.md").is_file()
     assert (folder / "training_curve.png").is_file()
     info = model_info(folder)

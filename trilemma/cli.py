@@ -352,11 +352,17 @@ def cmd_models(args) -> None:
     for name, path in models.items():
         info = model_info(path)
         scores = info.get("scores", {})
-        measured = ", ".join(f"{split} {scores[split]:.3f}" for split in ("test", "test-novel") if split in scores)
         mark = " (default)" if name == DEFAULT_MODEL else ""
+        if scores.get("benchmark", "shapes") != "shapes":  # a model of another data set: its held-out KID
+            held = scores.get("heldout", {})
+            measured = f"trained on {scores['benchmark']}; held-out KID {held['kid']:.4f} (n={held['n']}, {held['features']})" \
+                if "kid" in held else f"trained on {scores['benchmark']}"
+        else:
+            rates = ", ".join(f"{split} {scores[split]:.3f}" for split in ("test", "test-novel") if split in scores)
+            measured = f"pass rate {rates or 'not measured'}" + \
+                (f" (n={scores['n_per_split']} per split)" if "n_per_split" in scores else "")
         print(f"{name}{mark}: {info['family']} / {info['model_class']}, {info['size_mb']} MB, "
-              f"{scores.get('parameters', 0) / 1e6:.1f}M parameters; pass rate {measured or 'not measured'}"
-              + (f" (n={scores['n_per_split']} per split)" if "n_per_split" in scores else ""))
+              f"{scores.get('parameters', 0) / 1e6:.1f}M parameters; {measured}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,17 @@ def shipped_models() -> dict[str, Path]:
     return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file() and p.name != FEATURE_NETWORK}
 
 
+def benchmark(path: Path) -> str:
+    """What a shipped model was trained and scored on: "shapes", or the data set its scores.json names."""
+    scores = path / "scores.json"
+    return json.loads(scores.read_text()).get("benchmark", "shapes") if scores.is_file() else "shapes"
+
+
+def shapes_models() -> dict[str, Path]:
+    """The shipped models of the Shapes benchmark (the ones `evaluate`, `compare` and the scorer's labelled set cover)."""
+    return {name: path for name, path in shipped_models().items() if benchmark(path) == "shapes"}
+
+
 def model_info(path: Path) -> dict:
     """What `trilemma models` lists: size, parameters and measured scores (from scores.json)."""
     weights = path / "model.safetensors"
