@@ -119,9 +119,8 @@ def test_bad_folders_get_one_line_naming_the_fix(tmp_path):
     with pytest.raises(ValueError, match="caption_column"):
         ImageFolder(parse_data_config({"type": "imagefolder", "path": str(folder), "caption_column": "caption"}))
     (folder / "03.png").write_bytes(b"not a png")
-    data = ImageFolder(parse_data_config({"type": "imagefolder", "path": str(folder)}))
-    with pytest.raises(ValueError, match="03.png is not a readable image"):
-        data.image(3)
+    with pytest.raises(ValueError, match="03.png is not a readable image"):  # when the folder is read, not mid-training
+        ImageFolder(parse_data_config({"type": "imagefolder", "path": str(folder)}))
     with pytest.raises(ConfigError, match="did you mean 'random_flip'"):
         parse_data_config({"random_flips": True})
 
@@ -188,3 +187,39 @@ def test_shapes_source_is_the_default():
     item = data[0]
     assert item["pixel_values"].shape == (3, 32, 32) and "prompt" in item
     assert np.isfinite(item["pixel_values"].numpy()).all()
+
+
+def test_a_resumed_stream_skips_what_it_read_without_decoding_it(tmp_path):
+    data = parse_data_config({"type": "webdataset", "urls": make_shards(tmp_path / "shards"), "resolution": 16})
+    stream = WebDatasetStream(data, seed=2, rank=0, world=1)
+    whole = stream.stream()
+    unbroken = [next(whole) for _ in range(20)]  # past the first epoch's 12 samples
+    resumed = stream.stream(skip=7)
+    for expected in unbroken[7:]:
+        got = next(resumed)
+        assert got["text"] == expected["text"] and torch.equal(got["pixel_values"], expected["pixel_values"])
+
+
+def test_bad_metadata_values_and_broken_shards_get_one_line(tmp_path):
+    folder = make_metadata_folder(tmp_path / "f", n=2)
+    meta = folder / "metadata.jsonl"
+    for row, words in (({"file_name": "00.png", "text": 5}, "must be text"),
+                       ({"file_name": 3, "text": "x"}, "must name a file inside"),
+                       ({"file_name": "../00.png", "text": "x"}, "must name a file inside")):
+        meta.write_text(json.dumps(row) + "\n")
+        with pytest.raises(ValueError, match=words):
+            ImageFolder(parse_data_config({"type": "imagefolder", "path": str(folder)}))
+    (tmp_path / "bad.tar").write_bytes(b"not a tar file" * 100)
+    stream = WebDatasetStream(parse_data_config({"type": "webdataset", "urls": str(tmp_path / "bad.tar")}), rank=0, world=1)
+    with pytest.raises(ValueError, match="not a readable tar file"):
+        next(iter(stream))
+    with pytest.raises(ConfigError, match="never cropped or flipped"):
+        parse_data_config({"type": "shapes", "random_flip": True})
+
+
+def test_hard_negatives_need_shapes_scenes(tmp_path):
+    from trilemma.shapes.negatives import with_hard_negatives
+
+    folder = build_dataset(parse_data_config({"type": "imagefolder", "path": str(make_metadata_folder(tmp_path / "f"))}))
+    with pytest.raises(ValueError, match="made from Shapes scenes"):
+        with_hard_negatives(folder)

@@ -55,3 +55,13 @@ def test_a_family_recipe_file_overrides_the_size_rule_and_resumes(folder, tmp_pa
     rc, _, stderr = run_cli("train", recipe, "--resume")
     assert rc == 0, stderr[-3000:]
     assert json.loads((tmp_path / "run" / "training.json").read_text())["step"] == step
+
+
+def test_sizes_that_cannot_be_built_fail_before_anything_trains(folder, tmp_path):
+    from conftest import run_cli as cli
+
+    rc, _, err = cli("train", "--data", folder, "--family", "diffusion", "--resolution", "24", "--out", tmp_path / "o")
+    assert rc == 2 and "power of two" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "first-stage").exists()
+    rc, _, err = cli("train", "--data", folder, "--family", "gan", "--steps", "3")
+    assert rc == 2 and "--steps is for a one-model recipe" in err

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="alignment, FID/KID, precision/recall/density/coverage and cost of one model")
     ev.add_argument("--model", required=True)
     ev.add_argument("--split", default="test", choices=["train", "test", "test-novel"])
-    ev.add_argument("--n", type=_positive(int), default=500)
+    ev.add_argument("--n", type=_positive(int), help="prompts (default 500); with --data: held-out images (default all)")
     ev.add_argument("--out", help="folder for report.json and report.md (default reports/eval/MODEL)")
     ev.add_argument("--cache", default="reports/eval-cache", help="generated images are kept here and reused")
     ev.add_argument("--inception-weights", metavar="PATH", help="FID on Inception-v3 features from this weights file")
@@ -166,7 +166,7 @@ def data_spec(text: str) -> dict:
     """--data as a recipe's data object: 'shapes', shards (a .tar pattern), or a folder."""
     if text == "shapes":
         return {"type": "shapes"}
-    if ".tar" in text:
+    if ".tar" in text and not Path(text).is_dir():
         return {"type": "webdataset", "urls": text}
     if not Path(text).is_dir():
         raise ValueError(f"--data {text}: no such folder; pass a folder of captioned images, shards "
@@ -174,12 +174,27 @@ def data_spec(text: str) -> dict:
     return {"type": "imagefolder", "path": text}
 
 
+def _is_family_recipe(path: str) -> bool:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "family" in raw
+
+
 def cmd_train(args) -> None:
     from trilemma.train.loop import TrainConfig, train
     from trilemma.train.pipeline import load_recipe, run_pipeline
 
     pipeline_flags = {k: getattr(args, k) for k in ("data", "family", "resolution", "minutes", "out") if getattr(args, k) is not None}
+    one_model_flags = [k for k in ("steps", "max_minutes", "text_encoder") if getattr(args, k) is not None]
+    if args.config is None or _is_family_recipe(args.config):
+        if one_model_flags:
+            raise ValueError(f"--{one_model_flags[0].replace('_', '-')} is for a one-model recipe; with --data or a family "
+                             "recipe use --minutes, or set the stage's keys in a recipe (docs/your-own-images.md)")
     if args.config is None:
+        if args.output_dir:
+            raise ValueError("with --data, name the model folder with --out")
         if "data" not in pipeline_flags or "family" not in pipeline_flags:
             raise ValueError("give a recipe (trilemma train RECIPE.json) or your data and a family "
                              "(trilemma train --data DIR --family diffusion)")
@@ -310,7 +325,7 @@ def cmd_evaluate(args) -> None:
         return
 
     out = Path(args.out or Path("reports/eval") / Path(args.model).name)
-    report = evaluate(args.model, args.split, args.n, out, Path(args.cache), args.inception_weights, progress=sys.stderr.isatty())
+    report = evaluate(args.model, args.split, args.n or 500, out, Path(args.cache), args.inception_weights, progress=sys.stderr.isatty())
     print(report_markdown(report))
     print(f"(report.json and report.md in {out})")
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trilemma.data.sources import build_dataset, parse_data_config
+from trilemma.data.sources import WebDatasetStream, build_dataset, parse_data_config
 from trilemma.progress import progress as progress_bar
 
 
@@ -107,7 +107,8 @@ def latent_training_set(autoencoder: nn.Module, config, resolution: int, device)
     latents, dataset = encoded_training_set(autoencoder, autoencoder.encode, config, resolution, device, "latents",
                                             "latents", data.cache_latents)
     if latents is None:
-        stream = iter(dataset)
+        # Every process must scale alike: the scale comes from the whole stream's first samples, not its own shards.
+        stream = WebDatasetStream(dataset.data, dataset.seed, rank=0, world=1).stream()
         with torch.no_grad():
             latents = autoencoder.encode(torch.stack([next(stream)["pixel_values"] for _ in range(256)]).to(device)).cpu()
     return float(1.0 / latents.std()), dataset

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, IterableDataset
 
 from trilemma.config import ConfigError, parse_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TYPES = ("shapes", "imagefolder", "webdataset")
 
 
@@ -71,6 +72,9 @@ def parse_data_config(raw: dict | None, where: str = "data", resolution: int = 6
         raise ConfigError(f"{where}: an imagefolder needs 'path', the folder of images")
     if config.type == "webdataset" and not config.urls:
         raise ConfigError(f"{where}: a webdataset needs 'urls', for example \"shards/{{00000..00009}}.tar\"")
+    if config.type == "shapes" and (config.random_flip or not config.center_crop):
+        raise ConfigError(f"{where}: Shapes scenes are drawn at the resolution, never cropped or flipped (a flip would "
+                          "turn 'left of' into a lie); remove random_flip and center_crop")
     if config.resolution < 8:
         raise ConfigError(f"{where}: 'resolution' must be at least 8, got {config.resolution}")
     return config
@@ -85,6 +89,18 @@ def build_dataset(data: DataConfig, seed: int = 0, rank: int | None = None, worl
     if data.type == "imagefolder":
         return Epochs(ImageFolder(data), seed)
     return WebDatasetStream(data, seed, rank, world)
+
+
+def training_captions(dataset, limit: int) -> list[str]:
+    """Up to `limit` captions of a dataset, read without decoding images where the source allows it (to learn a
+    tokenizer, or fit statistics of the text)."""
+    if isinstance(dataset, WebDatasetStream):
+        return dataset.captions(limit)
+    if isinstance(dataset, Epochs):
+        return dataset.source.all_captions()[:limit]
+    if hasattr(dataset, "caption"):  # Shapes: endless; a caption needs no render
+        return [dataset.caption(i, i) for i in range(limit)]
+    return [dataset[i]["text"] for i in range(limit)]
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -123,11 +139,18 @@ def transform(image: Image.Image, data: DataConfig, rng: np.random.Generator | N
     return image_to_tensor(image)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+
+
 def open_image(source, name: str) -> Image.Image:
     try:
         image = Image.open(source)
         image.load()
-        return image
+        return ImageOps.exif_transpose(image)  # photos stand the way the camera held them
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{name} is not a readable image ({e}); remove it or replace it") from None
 
@@ -136,7 +159,7 @@ class ImageFolder(Dataset):
     """A finite folder of captioned images: sample k is image k, resized and centre-cropped.
 
     Two layouts: Hugging Face `datasets`' imagefolder (a `metadata.jsonl` whose rows name the image file
-    and its caption; a list of captions is allowed, one drawn per epoch), or DALLE-pytorch's `x.png`
+    and its caption; a list of captions is allowed, one per epoch in turn), or DALLE-pytorch's `x.png`
     beside `x.txt` (one caption a line). Files are read when asked for, never all at once.
     """
 
@@ -147,6 +170,12 @@ class ImageFolder(Dataset):
             raise ValueError(f"no image folder at {self.root}; pass a folder of images with captions")
         meta = self.root / "metadata.jsonl"
         self.files, self.captions = self._read_metadata(meta) if meta.is_file() else self._read_pairs()
+        for path in self.files:  # headers only: a broken file is named now, not mid-training
+            try:
+                with Image.open(path):
+                    pass
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"{path} is not a readable image ({e}); remove it or replace it") from None
         if not self.files:
             raise ValueError(f"{self.root} holds no captioned images: add a metadata.jsonl "
                              f"({{\"{data.image_column}\": \"x.png\", \"{data.caption_column}\": \"a caption\"}} a line) "
@@ -154,7 +183,7 @@ class ImageFolder(Dataset):
 
     def _read_metadata(self, meta: Path) -> tuple[list[Path], list[list[str]]]:
         files, captions = [], []
-        for n, line in enumerate(meta.read_text().splitlines(), start=1):
+        for n, line in enumerate(_read_text(meta).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -165,13 +194,15 @@ class ImageFolder(Dataset):
                 if not isinstance(row, dict) or column not in row:
                     raise ValueError(f"{meta}:{n} has no {column!r} column; name the right one with "
                                      f"data.{'image' if column == self.data.image_column else 'caption'}_column")
-            text = row[self.data.caption_column]
-            texts = [text] if isinstance(text, str) else list(text)
-            if not texts or not all(isinstance(t, str) for t in texts):
-                raise ValueError(f"{meta}:{n}: the caption must be text or a list of texts")
-            path = self.root / row[self.data.image_column]
+            text, name = row[self.data.caption_column], row[self.data.image_column]
+            texts = [text] if isinstance(text, str) else text if isinstance(text, list) else []
+            if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+                raise ValueError(f"{meta}:{n}: the caption must be text or a list of texts, got {text!r}")
+            path = self.root / name if isinstance(name, str) else None
+            if path is None or not path.resolve().is_relative_to(self.root.resolve()):
+                raise ValueError(f"{meta}:{n}: {self.data.image_column} must name a file inside {self.root}, got {name!r}")
             if not path.is_file():
-                raise ValueError(f"{meta}:{n} names {path.name}, which is not in {self.root}")
+                raise ValueError(f"{meta}:{n} names {name}, which is not in {self.root}")
             files.append(path)
             captions.append(texts)
         return files, captions
@@ -181,7 +212,7 @@ class ImageFolder(Dataset):
         for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
             text = path.with_suffix(".txt")
             if text.is_file():
-                lines = [line.strip() for line in text.read_text().splitlines() if line.strip()]
+                lines = [line.strip() for line in _read_text(text).splitlines() if line.strip()]
                 if lines:
                     files.append(path)
                     captions.append(lines)
@@ -294,39 +325,78 @@ class WebDatasetStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         return mine[info.id::info.num_workers] if info is not None else mine
 
-    def epoch(self, epoch: int):
-        """One pass over this reader's shards: samples as the batch contract has them."""
+    def _raw(self, epoch: int):
+        """(n, raw sample, caption) of one pass over this reader's shards, for samples with an image and a
+        caption; images undecoded."""
         import webdataset as wds
+
+        def unreadable(exn):
+            raise ValueError(f"a shard of {self.data.urls} is not a readable tar file ({exn}); rewrite or remove it")
 
         # Splitting is done above, by (rank, worker); the package's own splitters would split again.
         pipeline = wds.WebDataset(self.my_shards(epoch), shardshuffle=False, nodesplitter=None,
-                                  workersplitter=None, empty_check=False)
+                                  workersplitter=None, empty_check=False, handler=unreadable)
         if self.data.shuffle_buffer > 1:
             pipeline = pipeline.shuffle(self.data.shuffle_buffer, rng=_Random(self.seed, epoch, self.rank))
-        for n, sample in enumerate(pipeline):
-            image_key = next((k for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
-            text = sample.get("txt")
-            if text is None and "json" in sample:
-                meta = json.loads(sample["json"])
-                text = meta.get(self.data.caption_column) or meta.get("caption")
-            if image_key is None or text is None:
+        n = 0
+        for sample in pipeline:
+            text = self._caption(sample) if any(k in sample for k in IMAGE_KEYS) else None
+            if text is None:
                 continue  # a sample without an image or a caption: img2dataset writes such failures too
-            text = text.decode() if isinstance(text, bytes) else str(text)
+            yield n, sample, text
+            n += 1
+
+    def _caption(self, sample: dict) -> str | None:
+        text = sample.get("txt")
+        if text is None:
+            if "json" not in sample:
+                return None
+            try:
+                meta = json.loads(sample["json"])
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return None
+            text = (meta.get(self.data.caption_column) or meta.get("caption")) if isinstance(meta, dict) else None
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return text.strip() if isinstance(text, str) and text.strip() else None
+
+    def epoch(self, epoch: int, skip: int = 0):
+        """One pass over this reader's shards: samples as the batch contract has them. The first `skip` are
+        passed over undecoded (a resumed run), their random draws untouched: each is keyed by its place."""
+        for n, sample, text in self._raw(epoch):
+            if n < skip:
+                continue
+            image_key = next(k for k in IMAGE_KEYS if k in sample)
             rng = np.random.default_rng([self.seed, epoch, self.rank, n])
             image = open_image(io.BytesIO(sample[image_key]), f"{sample['__url__']}:{sample['__key__']}")
-            yield {"pixel_values": transform(image, self.data, rng), "text": text.strip()}
+            yield {"pixel_values": transform(image, self.data, rng), "text": text}
 
-    def __iter__(self):
+    def captions(self, limit: int) -> list[str]:
+        """Up to `limit` captions of the first pass, without decoding an image (to learn a tokenizer)."""
+        out = []
+        for _, _, text in self._raw(0):
+            out.append(text)
+            if len(out) >= limit:
+                break
+        return out
+
+    def stream(self, skip: int = 0):
+        """Endless: epoch after epoch. `skip` samples are passed over first, undecoded."""
         epoch, empty = 0, 0
         while True:
-            got = False
-            for sample in self.epoch(epoch):
-                got = True
+            got = 0
+            for sample in self.epoch(epoch, skip):
+                got += 1
                 yield sample
-            empty = 0 if got else empty + 1
+            seen = sum(1 for _ in self._raw(epoch)) if skip else got
+            skip = max(0, skip - seen)
+            empty = 0 if seen else empty + 1
             if empty >= 2:
                 raise ValueError(f"the shards {self.my_shards(epoch)[:2]}... hold no image with a caption")
             epoch += 1
+
+    def __iter__(self):
+        return self.stream()
 
 
 def _Random(*seed):

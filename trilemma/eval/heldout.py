@@ -38,13 +38,15 @@ class ThumbnailFeatures(nn.Module):
         return F.adaptive_avg_pool2d(x, THUMBNAIL).flatten(1).double()
 
 
-def folder_images(folder: str | Path, resolution: int, n: int | None = None) -> tuple[list[Image.Image], list[str]]:
-    """The images (centre-cropped to the model's resolution) and first captions of an image folder."""
+def folder_images(folder: str | Path, resolution: int, n: int | None = None, seed: int = 0) -> tuple[list[Image.Image], list[str]]:
+    """The images (centre-cropped to the model's resolution) and first captions of an image folder: all of
+    them, or n drawn at random with the seed (file names often group by kind: the first n would not do)."""
     data = ImageFolder(parse_data_config({"type": "imagefolder", "path": str(folder), "resolution": resolution}))
-    count = len(data) if n is None else min(n, len(data))
+    picked = range(len(data)) if n is None or n >= len(data) else \
+        sorted(np.random.default_rng([seed, 5]).choice(len(data), n, replace=False).tolist())
     images = [Image.fromarray(((data.image(k) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
-              for k in range(count)]
-    return images, [data.caption(k) for k in range(count)]
+              for k in picked]
+    return images, [data.caption(k) for k in picked]
 
 
 def _metrics(network, real: list[Image.Image], fake: list[Image.Image]) -> dict:
@@ -64,7 +66,7 @@ def evaluate_heldout(model_name: str, heldout: str | Path, train: str | Path | N
     from trilemma.grid import image_grid
 
     model = trilemma.load(model_name)
-    real, captions = folder_images(heldout, model.resolution, n)
+    real, captions = folder_images(heldout, model.resolution, n, seed)
     fake = []
     for start in range(0, len(captions), batch_size):
         fake += model.generate(captions[start:start + batch_size], seed=seed + start)
@@ -73,7 +75,7 @@ def evaluate_heldout(model_name: str, heldout: str | Path, train: str | Path | N
               "features": "inception-v3" if inception_weights else f"{THUMBNAIL}x{THUMBNAIL} colour thumbnails",
               "generated": _metrics(network, real, fake), "references": {}}
     if train is not None:
-        train_images, _ = folder_images(train, model.resolution, len(real))
+        train_images, _ = folder_images(train, model.resolution, len(real), seed)
         report["references"]["training images"] = _metrics(network, real, train_images)
     rng = np.random.default_rng(seed)
     noise = [Image.fromarray(rng.permutation(np.asarray(im).reshape(-1, 3)).reshape(np.asarray(im).shape)) for im in real]

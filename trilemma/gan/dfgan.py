@@ -298,7 +298,7 @@ class DFGAN(TextToImageModel):
         latent mode take the autoencoder (init.autoencoder: an autoencoder folder, or a latent diffusion
         model's) and encode the training latents once."""
         from trilemma.data.cache import latent_training_set
-        from trilemma.data.sources import build_dataset, parse_data_config
+        from trilemma.data.sources import build_dataset, parse_data_config, training_captions
         from trilemma.model import TrainableModel
 
         source = config.init.get("text_encoder")
@@ -331,8 +331,7 @@ class DFGAN(TextToImageModel):
         if self.config.whiten_text:
             self.text_encoder.to(device)
             self.to(device)
-            stream = iter(dataset) if isinstance(dataset, torch.utils.data.IterableDataset) else None
-            self.fit_whitening([(next(stream) if stream else dataset[i])["text"] for i in range(WHITENING_CAPTIONS)])
+            self.fit_whitening(training_captions(getattr(dataset, "dataset", dataset), WHITENING_CAPTIONS))
         return dataset
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:

@@ -54,6 +54,6 @@ class _WithHardNegatives(torch.utils.data.Dataset):
 def with_hard_negatives(dataset) -> torch.utils.data.Dataset:
     """Items of a Shapes dataset (or a cache of its encodings) with a "negative_text": a caption of the
     item's scene, changed to contradict it."""
-    if not hasattr(dataset, "scene"):
+    if not hasattr(getattr(dataset, "dataset", dataset), "scene"):  # a cache of encodings: what it encoded
         raise ValueError("hard negatives are made from Shapes scenes; train on Shapes data, or set hard_negatives to false")
     return _WithHardNegatives(dataset)

@@ -54,6 +54,7 @@ class PromptTokenizer:
         self.max_length, self.bpe = max_length, bpe
         if bpe is not None:
             tok = Tokenizer.from_str(bpe)
+            tok.encode_special_tokens = True  # "[EOS]" typed in a caption is text, not the end of it
             vocab_map = tok.get_vocab()
             self.vocab = sorted(vocab_map, key=vocab_map.get)
         else:

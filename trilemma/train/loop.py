@@ -182,9 +182,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     world, rank, batch = accelerator.num_processes, accelerator.process_index, config.batch_size
     # A streamed dataset (webdataset) splits its shards between processes itself and is read in order; to
     # resume, a process skips the samples it had read (the stream is a pure function of the seed).
-    stream = iter(dataset) if isinstance(dataset, torch.utils.data.IterableDataset) else None
-    for _ in range(step * batch if stream is not None else 0):
-        next(stream)
+    stream = None
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        stream = dataset.stream(skip=step * batch) if hasattr(dataset, "stream") else iter(dataset)
     log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
     bar = progress_bar(total=config.steps, initial=step, enabled=progress and accelerator.is_main_process, desc="train")
     last_good = None

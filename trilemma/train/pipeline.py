@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trilemma.config import ConfigError, parse_config
-from trilemma.data.sources import build_dataset, parse_data_config
-from trilemma.train.loop import TrainConfig, train
+from trilemma.data.sources import build_dataset, parse_data_config, training_captions
+from trilemma.train.loop import TrainConfig, build_model, train
 
 FAMILIES = ("diffusion", "autoregressive", "gan")
 STAGES = {"diffusion": ("KLAutoencoder", "LatentDiffusion"), "autoregressive": ("VQTokenizer", "DalleTransformer"),
@@ -63,7 +63,11 @@ def load_recipe(raw: dict, where: str = "recipe") -> PipelineRecipe:
         raise ConfigError(f"{where}: 'family' must be one of {', '.join(FAMILIES)}, got {recipe.family!r}")
     if recipe.minutes <= 0:
         raise ConfigError(f"{where}: 'minutes' must be above 0, got {recipe.minutes}")
-    parse_data_config(recipe.data, f"{where}: data")
+    data = parse_data_config(recipe.data, f"{where}: data")
+    r = data.resolution
+    if r < 16 or r & (r - 1):
+        raise ConfigError(f"{where}: data.resolution must be a power of two of at least 16 (16, 32, 64, 128...), got {r}: "
+                          "the first stages halve it and the generators' grids halve it again")
     return recipe
 
 
@@ -131,12 +135,8 @@ def caption_tokenizer(recipe: PipelineRecipe, data) -> dict:
 
     if data.type == "shapes":
         return PromptTokenizer().to_config()
-    dataset = build_dataset(data, recipe.seed, rank=0, world=1)
-    if hasattr(dataset, "source"):
-        captions = dataset.source.all_captions()
-    else:  # a stream: learn from its first 50,000 captions
-        stream = iter(dataset)
-        captions = [next(stream)["text"] for _ in range(50_000)]
+    # Every caption of a folder; a stream's first 50,000 (read without decoding its images).
+    captions = training_captions(build_dataset(data, recipe.seed, rank=0, world=1), 50_000)
     return train_caption_tokenizer(captions, recipe.tokenizer_vocab_size).to_config()
 
 
@@ -162,6 +162,8 @@ def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = 
     if prompts:
         gen.setdefault("validation_prompts", prompts)
     first_config, gen_config = TrainConfig.from_dict(first, "first stage"), TrainConfig.from_dict(gen, "generator")
+    for config in (first_config, gen_config):  # a size that cannot be built fails now, not after the first stage
+        build_model(config)
     out.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"family": recipe.family, "tokenizer": tokenizer, "first_stage": first,
                                  "generator": gen}, indent=1))
@@ -182,5 +184,4 @@ def _validation_prompts(data, seed: int) -> list[str] | None:
     if hasattr(dataset, "source"):
         n = len(dataset.source)
         return [dataset.source.caption(k * n // 8) for k in range(min(8, n))]
-    stream = iter(dataset)
-    return [next(stream)["text"] for _ in range(8)]
+    return dataset.captions(8)
