@@ -1,7 +1,8 @@
 """One command from a folder of captioned images to a model: `trilemma train --data DIR --family F`.
 
 Each family trains in two stages, each through the one loop (`trilemma.train.loop`), each with its own
-checkpoints and resumable:
+checkpoints and resumable (once the generator has started, a resume leaves the first stage as it is: the
+generator has learnt its latents, and more minutes go to it alone):
 
 | family         | first stage                       | generator                              |
 |----------------|-----------------------------------|----------------------------------------|
@@ -167,7 +168,14 @@ def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"family": recipe.family, "tokenizer": tokenizer, "first_stage": first,
                                  "generator": gen}, indent=1))
-    train(first_config, resume=resume, progress=progress)
+    from trilemma.train.loop import latest_checkpoint
+
+    if resume and latest_checkpoint(Path(gen_config.output_dir)) is not None and (out / "first-stage" / "final").is_dir():
+        # The generator has learnt this first stage's latents: training the first stage further (a resume with
+        # more minutes) would pull them from under it. More minutes go to the generator alone.
+        print("first stage: kept as it is (the generator has started on its latents)")
+    else:
+        train(first_config, resume=resume, progress=progress)
     final = train(gen_config, resume=resume, progress=progress)
     # The model at the top of the folder, so `--model OUT` finds it; its runs stay beside it.
     for path in final.iterdir():
