@@ -18,6 +18,7 @@ from trilemma.registry import shipped_models
 
 PROMPT = "a red circle to the left of a blue square"
 GOLDEN = {
+    "emoji-ldm": "7dc0a2670673f3a3bcc9f31",  # shipped with issue 15, after the restructure
     "shapes-dalle": "ce127ef33c9374e415934f0",
     "shapes-dfgan": "9f4d8a0a1bf3771ecc691fe",
     "shapes-imagen": "4aa43eb27e3fa4b8eff7d0",

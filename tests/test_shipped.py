@@ -56,3 +56,17 @@ def test_recipe_rejects_unknown_keys(tmp_path):
     path.write_text(json.dumps({"model_class": "LatentDiffusion", "model": {}, "stepz": 3}))
     with pytest.raises(ValueError, match="unknown key 'stepz'; did you mean 'steps'"):
         TrainConfig.from_file(path)
+
+
+@pytest.mark.parametrize("name", sorted(set(shipped_models()) - set(shapes_models())))
+def test_a_model_of_another_data_set_has_a_card_with_held_out_scores(name):
+    folder = shipped_models()[name]
+    info = model_info(folder)
+    assert info["size_mb"] < 25
+    scores = info["scores"]
+    held = scores["heldout"]  # measured by `trilemma evaluate --data HELD_OUT`, quoted by the card
+    assert held["n"] >= 100 and "features" in held and "training images" in held["references"]
+    card = (folder / "README.md").read_text()
+    assert f"**{held['fid']:.3f}**" in card and "## Limits" in card and "minutes" in card
+    image = trilemma.load(name).generate(["a smiling cat face, an emoji"], seed=0, steps=3)[0]
+    assert image.size == (64, 64)
