@@ -67,7 +67,7 @@ class DFGANConfig:
     # got colors right and shapes wrong.
     whiten_text: bool = False
     whiten_eps: float = 1e-3
-    # Half of the mismatched pairs are hard negatives (trilemma.text.matching.hard_negative: the same
+    # Half of the mismatched pairs are hard negatives (trilemma.shapes.negatives.hard_negative: the same
     # scene's caption with its relation flipped, colors swapped, count or one attribute changed)
     # instead of another image's caption. Random pairs almost never differ in only the relation,
     # so without them the discriminator has no reason to check "left" against the image.
