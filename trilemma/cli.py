@@ -174,12 +174,14 @@ def data_spec(text: str) -> dict:
     return {"type": "imagefolder", "path": text}
 
 
-def _is_family_recipe(path: str) -> bool:
+def _family_recipe(path: str | None) -> dict | None:
+    """The recipe at `path` if it names a `family` (both stages); None for a one-model recipe or a bad file,
+    which TrainConfig.from_file then explains."""
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text()) if path else None
     except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and "family" in raw
+        return None
+    return raw if isinstance(raw, dict) and "family" in raw else None
 
 
 def cmd_train(args) -> None:
@@ -188,7 +190,8 @@ def cmd_train(args) -> None:
 
     pipeline_flags = {k: getattr(args, k) for k in ("data", "family", "resolution", "minutes", "out") if getattr(args, k) is not None}
     one_model_flags = [k for k in ("steps", "max_minutes", "text_encoder") if getattr(args, k) is not None]
-    if args.config is None or _is_family_recipe(args.config):
+    family_recipe = _family_recipe(args.config)
+    if args.config is None or family_recipe is not None:
         if one_model_flags:
             raise ValueError(f"--{one_model_flags[0].replace('_', '-')} is for a one-model recipe; with --data or a family "
                              "recipe use --minutes, or set the stage's keys in a recipe (docs/your-own-images.md)")
@@ -209,15 +212,11 @@ def cmd_train(args) -> None:
     if pipeline_flags:
         raise ValueError(f"--{next(iter(pipeline_flags))} goes with --data, not with a recipe file; "
                          "set it in the recipe instead")
-    try:
-        raw = json.loads(Path(args.config).read_text())
-    except (OSError, json.JSONDecodeError):
-        raw = None  # TrainConfig.from_file says what is wrong with the file
-    if isinstance(raw, dict) and "family" in raw:
-        raw.pop("_comment", None)
+    if family_recipe is not None:
+        family_recipe.pop("_comment", None)
         if args.output_dir:
-            raw["output_dir"] = args.output_dir
-        print(run_pipeline(load_recipe(raw, args.config), resume=args.resume))
+            family_recipe["output_dir"] = args.output_dir
+        print(run_pipeline(load_recipe(family_recipe, args.config), resume=args.resume))
         return
     config = TrainConfig.from_file(args.config, steps=args.steps, output_dir=args.output_dir, max_minutes=args.max_minutes)
     if args.text_encoder:
