@@ -147,3 +147,39 @@ def test_train_with_data_needs_a_family_and_a_real_folder(tmp_path):
     _assert_clean_error(*run_cli("train", "--data", tmp_path), "a family")
     _assert_clean_error(*run_cli("train", "--data", tmp_path / "nowhere", "--family", "gan"), "no such folder")
     _assert_clean_error(*run_cli("train", "--data", tmp_path, "--family", "gan", "--out", tmp_path / "o"), "no captioned images")
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--guidance-scale", "nan", "[0, 100]"), ("--guidance-scale", "1e308", "[0, 100]"), ("--eta", "-1", "[0, 1]"),
+    ("--eta", "nan", "[0, 1]"), ("--top-p", "1.5", "(0, 1]"), ("--temperature", "nan", "(0, 100]"),
+    ("--truncation", "inf", "(0, 100]"), ("--seed", "18446744073709551616", "2^62"), ("-n", "100000", "at most 10000"),
+    ("--steps", "5000", "at most 1000"), ("--threshold-percentile", "0", "(0, 1]"),
+])
+def test_generate_refuses_out_of_range_options_before_any_work(tmp_path, option, value, words):
+    _assert_clean_error(*run_cli("generate", "a red circle", option, value, "--out", tmp_path / "o"), words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_that_draws_nan_is_an_error_not_a_black_image(tiny_ldm_dir, tmp_path):
+    import torch
+
+    from trilemma.model import TrainableModel
+
+    model = TrainableModel.from_pretrained(tiny_ldm_dir)
+    with torch.no_grad():
+        next(model.unet.parameters()).fill_(float("nan"))
+    model.save_pretrained(tmp_path / "nan-model")
+    _assert_clean_error(*run_cli("generate", "a red circle", "--model", tmp_path / "nan-model", "--out", tmp_path / "o"),
+                        "non-finite")
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("grad_clip", -1, "'grad_clip' must be a finite number of at least 0"), ("ema_decay", 2.0, "'ema_decay' must be in [0, 1)"),
+    ("warmup_steps", -5, "'warmup_steps'"), ("checkpoint_every", -1, "'checkpoint_every'"), ("steps", True, "'steps' must be an integer"),
+    ("log_every", 0, "'log_every' must be at least 1"), ("learning_rate", 0, "'learning_rate' must be a finite number above 0"),
+])
+def test_recipes_with_out_of_range_values_are_refused(tmp_path, key, value, words):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"model_class": "LatentDiffusion", "model": {}, key: value}))
+    _assert_clean_error(*run_cli("train", path), words)

@@ -18,13 +18,41 @@ import sys
 from pathlib import Path
 
 
-def _positive(kind):
+def _positive(kind, most: int | None = None):
     def parse(text):
         value = kind(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+        if value < 1 or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"must be at least 1{f' and at most {most}' if most else ''}, got {text}")
         return value
     return parse
+
+
+def _number(low: float, high: float, low_open: bool = False, allow_inf: bool = False):
+    """A float in [low, high] ((low, high] if low_open): NaN, and inf unless allowed, are refused."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if value != value or (abs(value) == float("inf") and not allow_inf) or value > high and value != float("inf") \
+                or value < low or (low_open and value == low):
+            bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be a number in {bound}{' or inf' if allow_inf else ''}, got {text}")
+        return value
+    return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value < 2**62:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^62), got {text}")
+    return value
+
+
+MAX_IMAGES_PER_PROMPT, MAX_STEPS, MAX_BATCH = 10_000, 1_000, 1_024
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,18 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--split", default="train")
     prev.add_argument("--n", type=_positive(int), default=24)
     prev.add_argument("--resolution", type=_positive(int), default=64)
-    prev.add_argument("--seed", type=int, default=0)
+    prev.add_argument("--seed", type=_seed, default=0)
     prev.add_argument("--out", default="shapes-preview.png")
     exp = data.add_parser("export", help="write an image folder with metadata.jsonl")
     exp.add_argument("--split", default="test")
     exp.add_argument("--n", type=_positive(int), default=1000)
     exp.add_argument("--resolution", type=_positive(int), default=64)
-    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--seed", type=_seed, default=0)
     exp.add_argument("--out", required=True)
     pr = data.add_parser("prompts", help="write the canonical prompts of a split, one a line")
     pr.add_argument("--split", default="test")
     pr.add_argument("--n", type=_positive(int), default=500)
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seed", type=_seed, default=0)
     pr.add_argument("--out", default="-")
 
     tr = sub.add_parser("train", help="train a model: from your images in one command (--data, --family), or from a recipe",
@@ -77,26 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="*")
     gen.add_argument("--prompts", help="a file of prompts, one a line")
     gen.add_argument("--model", default=None, help="a shipped model name or a checkpoint folder (default: the default model)")
-    gen.add_argument("-n", "--num-images", type=_positive(int), default=1, help="images per prompt")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=_positive(int))
-    gen.add_argument("--guidance-scale", type=float)
+    gen.add_argument("-n", "--num-images", type=_positive(int, MAX_IMAGES_PER_PROMPT), default=1,
+                     help=f"images per prompt (at most {MAX_IMAGES_PER_PROMPT})")
+    gen.add_argument("--seed", type=_seed, default=0)
+    gen.add_argument("--steps", type=_positive(int, MAX_STEPS), help=f"sampling steps (at most {MAX_STEPS})")
+    gen.add_argument("--guidance-scale", type=_number(0, 100), help="classifier-free guidance, in [0, 100]")
     gen.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
-    gen.add_argument("--eta", type=float, help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
+    gen.add_argument("--eta", type=_number(0, 1), help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
     gen.add_argument("--thresholding", choices=["none", "static", "dynamic"], help="pixel models: Imagen's x0 thresholding")
-    gen.add_argument("--threshold-percentile", type=float,
+    gen.add_argument("--threshold-percentile", type=_number(0, 1, low_open=True),
                      help="pixel models: dynamic thresholding's percentile p of |x0| (default 0.95, DeepFloyd IF's)")
-    gen.add_argument("--threshold-max-value", type=float,
+    gen.add_argument("--threshold-max-value", type=_number(1, 1e6, allow_inf=True),
                      help="pixel models: cap on dynamic thresholding's s in every stage (default: 1.5 base, 1.0 SR, "
                           "as DeepFloyd IF; inf: uncapped, Imagen's pseudocode)")
-    gen.add_argument("--aug-level", type=float, help="cascades: noise level of the SR stages' low-resolution input")
-    gen.add_argument("--sr-steps", type=_positive(int), help="cascades: sampling steps of each SR stage")
-    gen.add_argument("--temperature", type=float, help="autoregressive models: sampling temperature")
+    gen.add_argument("--aug-level", type=_number(0, 1), help="cascades: noise level of the SR stages' low-resolution input")
+    gen.add_argument("--sr-steps", type=_positive(int, MAX_STEPS), help="cascades: sampling steps of each SR stage")
+    gen.add_argument("--temperature", type=_number(0, 100, low_open=True), help="autoregressive models: sampling temperature")
     gen.add_argument("--top-k", type=_positive(int), help="autoregressive models: keep the k likeliest tokens")
-    gen.add_argument("--top-p", type=float, help="autoregressive models: nucleus sampling mass")
-    gen.add_argument("--truncation", type=float, help="GANs: draw z from a normal truncated to [-t, t]")
+    gen.add_argument("--top-p", type=_number(0, 1, low_open=True), help="autoregressive models: nucleus sampling mass")
+    gen.add_argument("--truncation", type=_number(0, 100, low_open=True), help="GANs: draw z from a normal truncated to [-t, t]")
     gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--batch-size", type=_positive(int), default=50)
+    gen.add_argument("--batch-size", type=_positive(int, MAX_BATCH), default=50)
     gen.add_argument("--out", default="out")
 
     it = sub.add_parser("interpolate", help="GANs: a strip of images from one prompt (and z) to another")
@@ -104,10 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("prompt_b")
     it.add_argument("--model", required=True)
     it.add_argument("--steps", type=_positive(int), default=8)
-    it.add_argument("--seed", type=int, default=0, help="z of the first end; the second end's z is seed + 1")
+    it.add_argument("--seed", type=_seed, default=0, help="z of the first end; the second end's z is seed + 1")
     it.add_argument("--mode", choices=["both", "text", "z"], default="both",
                     help="move the sentence embedding, z (spherically), or both")
-    it.add_argument("--truncation", type=float)
+    it.add_argument("--truncation", type=_number(0, 100, low_open=True))
     it.add_argument("--out", default="out")
 
     ev = sub.add_parser("evaluate", help="alignment, FID/KID, precision/recall/density/coverage and cost of one model")
@@ -120,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", metavar="DIR", help="a held-out image folder: one image per caption, FID/KID against "
                                                   "its images (instead of the Shapes splits)")
     ev.add_argument("--train-data", metavar="DIR", help="with --data: the training folder, measured as a reference")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=_seed, default=0)
 
     cm = sub.add_parser("compare", help="evaluate several models and write one table, plots and a side-by-side grid")
     cm.add_argument("models", nargs="+")

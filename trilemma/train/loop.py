@@ -14,6 +14,7 @@ sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -95,9 +96,25 @@ class TrainConfig:
         """A recipe checked as a whole before anything trains: its keys and types, its data object and the
         model's own config: one line naming the fix if not."""
         config = parse_config(cls, raw, where)
-        for key in ("steps", "batch_size", "keep_checkpoints"):
+        for key in ("steps", "batch_size", "keep_checkpoints", "log_every"):
             if getattr(config, key) < 1:
                 raise ConfigError(f"{where}: '{key}' must be at least 1, got {getattr(config, key)}")
+        for key in ("warmup_steps", "checkpoint_every", "sample_every", "snapshot_every", "grad_clip", "weight_decay"):
+            value = getattr(config, key)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{where}: '{key}' must be a finite number of at least 0 (0: off), got {value}")
+        if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+            raise ConfigError(f"{where}: 'learning_rate' must be a finite number above 0, got {config.learning_rate}")
+        if config.ema_decay is not None and not 0 <= config.ema_decay < 1:
+            raise ConfigError(f"{where}: 'ema_decay' must be in [0, 1) (0 or null: no EMA), got {config.ema_decay}")
+        if not 0 < config.lr_final_fraction <= 1:
+            raise ConfigError(f"{where}: 'lr_final_fraction' must be in (0, 1], got {config.lr_final_fraction}")
+        for key in ("max_minutes", "max_loss"):
+            value = getattr(config, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{where}: '{key}' must be above 0 or null, got {value}")
+        if config.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"{where}: 'mixed_precision' must be one of no, fp16, bf16, got {config.mixed_precision!r}")
         parse_data_config(config.data, f"{where}: data")
         try:
             klass = model_class(config.model_class)
