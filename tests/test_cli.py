@@ -183,3 +183,45 @@ def test_recipes_with_out_of_range_values_are_refused(tmp_path, key, value, word
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps({"model_class": "LatentDiffusion", "model": {}, key: value}))
     _assert_clean_error(*run_cli("train", path), words)
+
+
+def test_a_folder_in_use_by_a_live_run_is_refused_and_a_stale_lock_is_taken_over(tiny_ldm_dir, tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "o"
+    out.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / ".trilemma.lock").write_text(json.dumps({"pid": sleeper.pid, "host": __import__("socket").gethostname(),
+                                                        "what": "trilemma generate"}))
+        _assert_clean_error(*run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--out", out), "in use by a running")
+        path = tmp_path / "recipe.json"
+        path.write_text(json.dumps({"model_class": "LatentDiffusion", "model": {}, "output_dir": str(out), "steps": 1}))
+        _assert_clean_error(*run_cli("train", path), "in use by a running trilemma generate")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    rc, _, err = run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--out", out, "--steps", "2")
+    assert rc == 0, err  # the owner is gone: the lock is stale
+    assert not (out / ".trilemma.lock").exists() and os.listdir(out)
+
+
+def test_generate_writes_metadata_as_it_goes_and_resumes_where_it_stopped(tiny_ldm_dir, tmp_path):
+    out = tmp_path / "o"
+    args = ["generate", "a red circle", "two blue squares", "-n", "2", "--model", tiny_ldm_dir, "--steps", "2",
+            "--batch-size", "1", "--out", out]
+    assert run_cli(*args)[0] == 0
+    whole = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    first = (out / "000003.png").read_bytes()
+    # As a killed run leaves it: two images named, a torn line, a stray image it never named.
+    lines = (out / "metadata.jsonl").read_text().splitlines()
+    (out / "metadata.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+    (out / "000003.png").unlink()
+    rc, stdout, err = run_cli(*args, "--resume")
+    assert rc == 0 and "2 were there already" in stdout, err
+    assert [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()] == whole
+    assert (out / "000003.png").read_bytes() == first
+    # A resume of another command is refused: its images would be named for other prompts.
+    _assert_clean_error(*run_cli("generate", "a green triangle", "-n", "4", "--model", tiny_ldm_dir, "--out", out,
+                                 "--resume"), "does not continue this command")

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--batch-size", type=_positive(int, MAX_BATCH), default=50)
     gen.add_argument("--out", default="out")
+    gen.add_argument("--resume", action="store_true",
+                     help="carry on an interrupted run into the same --out (same prompts, -n and --seed)")
 
     it = sub.add_parser("interpolate", help="GANs: a strip of images from one prompt (and z) to another")
     it.add_argument("prompt_a")
@@ -277,7 +279,9 @@ def cmd_generate(args) -> None:
     import inspect
 
     import trilemma
-    from trilemma.shapes.export import ensure_writable
+    from PIL import Image
+
+    from trilemma.folders import FolderLock, ensure_writable
     from trilemma.grid import image_grid
     from trilemma.model import TextToImageModel
     from trilemma.progress import progress
@@ -302,26 +306,52 @@ def cmd_generate(args) -> None:
         raise ValueError(f"{args.model} ({type(model).__name__}) does not take {flags}")
     # Image k gets seed + k, so a run's bytes do not depend on the batch size.
     jobs = [(p, args.seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.num_images))]
-    rows, images = [], []
-    for start in progress(range(0, len(jobs), args.batch_size), desc="generating", enabled=len(jobs) > args.batch_size):
-        chunk = jobs[start:start + args.batch_size]
-        batch = model.generate([p for p, _ in chunk], seed=chunk[0][1], **options)
-        for (prompt, seed), image in zip(chunk, batch):
-            name = f"{len(rows):06d}.png"
-            image.save(out / name)
-            rows.append({"file_name": name, "text": prompt, "seed": seed})
-            images.append(image)
-    with open(out / "metadata.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    shown = images[:64]
-    image_grid(shown, [r["text"] for r in rows[:64]], cols=min(8, len(shown))).save(out / "grid.png")
-    print(f"wrote {len(rows)} images, metadata.jsonl and grid.png to {out}")
+    with FolderLock(out, "trilemma generate"):
+        done = _finished_rows(out, jobs) if args.resume else []
+        meta = out / "metadata.jsonl"
+        # metadata.jsonl grows batch by batch, flushed: an interrupted run leaves images that it names, and
+        # `--resume` carries on from the first job it does not name.
+        with open(meta, "a" if done else "w") as f:
+            bar = progress(range(len(done), len(jobs), args.batch_size), desc="generating",
+                           enabled=len(jobs) - len(done) > args.batch_size)
+            for start in bar:
+                chunk = jobs[start:start + args.batch_size]
+                batch = model.generate([p for p, _ in chunk], seed=chunk[0][1], **options)
+                for k, ((prompt, seed), image) in enumerate(zip(chunk, batch), start=start):
+                    image.save(out / f"{k:06d}.png")
+                for k, (prompt, seed) in enumerate(chunk, start=start):
+                    f.write(json.dumps({"file_name": f"{k:06d}.png", "text": prompt, "seed": seed}) + "\n")
+                f.flush()
+        shown = [Image.open(out / f"{k:06d}.png") for k in range(min(64, len(jobs)))]
+        image_grid(shown, [p for p, _ in jobs[:64]], cols=min(8, len(shown))).save(out / "grid.png")
+    resumed = f" ({len(done)} were there already)" if done else ""
+    print(f"wrote {len(jobs)} images{resumed}, metadata.jsonl and grid.png to {out}")
+
+
+def _finished_rows(out: Path, jobs: list[tuple[str, int]]) -> list[dict]:
+    """The rows of an interrupted run's metadata.jsonl, checked against this run's jobs: a resume must be the
+    same command, or its images would be named for other prompts."""
+    meta = out / "metadata.jsonl"
+    if not meta.is_file():
+        return []
+    rows = []
+    for line in meta.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short when the run was killed: redo it
+    for k, row in enumerate(rows):
+        if k >= len(jobs) or not isinstance(row, dict) or (row.get("text"), row.get("seed")) != jobs[k] \
+                or not (out / f"{k:06d}.png").is_file():
+            raise ValueError(f"{meta} does not continue this command (row {k + 1}: {str(row)[:60]}); resume with the "
+                             "same prompts, -n and --seed, or write to a new --out")
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop a torn last line
+    return rows
 
 
 def cmd_interpolate(args) -> None:
     import trilemma
-    from trilemma.shapes.export import ensure_writable
+    from trilemma.folders import ensure_writable
     from trilemma.grid import image_grid
 
     model = trilemma.load(args.model)

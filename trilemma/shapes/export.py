@@ -10,20 +10,9 @@ import json
 from pathlib import Path
 
 
+from trilemma.folders import ensure_writable
 from trilemma.shapes.scenes import render, sample_scene
 from trilemma.progress import progress as progress_bar
-
-
-def ensure_writable(folder: str | Path) -> Path:
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"cannot write to {folder}: {e.strerror or e}") from None
-    return folder
 
 
 def export_split(split: str, n: int, out: str | Path, resolution: int = 64, seed: int = 0, progress: bool = True) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from accelerate.utils import set_seed
 from trilemma.checkpoint import CheckpointError, load_checkpoint, write_json
 from trilemma.config import ConfigError, parse_config
 from trilemma.data.sources import parse_data_config
+from trilemma.folders import FolderLock, ensure_writable
 from trilemma.grid import image_grid
 from trilemma.progress import progress as progress_bar
 from trilemma.registry import model_class
@@ -160,7 +162,15 @@ def build_model(config: TrainConfig):
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train per `config`; returns the folder of the final (EMA) model."""
+    """Train per `config`; returns the folder of the final (EMA) model. The output folder is held by this
+    run (its first process) while it trains: a second run into it is refused, not interleaved."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(config, resume, progress)
+    with FolderLock(ensure_writable(config.output_dir), "trilemma train"):
+        return _train(config, resume, progress)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool) -> Path:
     out = Path(config.output_dir)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # cpu=True without a GPU: under torchrun (`accelerate launch --multi_gpu --num_processes N`)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from trilemma.config import ConfigError, parse_config
 from trilemma.data.sources import build_dataset, parse_data_config, training_captions
+from trilemma.folders import FolderLock, ensure_writable
 from trilemma.train.loop import TrainConfig, build_model, train
 
 FAMILIES = ("diffusion", "autoregressive", "gan")
@@ -165,22 +166,22 @@ def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = 
     first_config, gen_config = TrainConfig.from_dict(first, "first stage"), TrainConfig.from_dict(gen, "generator")
     for config in (first_config, gen_config):  # a size that cannot be built fails now, not after the first stage
         build_model(config)
-    out.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"family": recipe.family, "tokenizer": tokenizer, "first_stage": first,
-                                 "generator": gen}, indent=1))
     from trilemma.train.loop import latest_checkpoint
 
-    if resume and latest_checkpoint(Path(gen_config.output_dir)) is not None and (out / "first-stage" / "final").is_dir():
-        # The generator has learnt this first stage's latents: training the first stage further (a resume with
-        # more minutes) would pull them from under it. More minutes go to the generator alone.
-        print("first stage: kept as it is (the generator has started on its latents)")
-    else:
-        train(first_config, resume=resume, progress=progress)
-    final = train(gen_config, resume=resume, progress=progress)
-    # The model at the top of the folder, so `--model OUT` finds it; its runs stay beside it.
-    for path in final.iterdir():
-        if path.is_file():
-            shutil.copy2(path, out / path.name)
+    with FolderLock(ensure_writable(out), "trilemma train --data"):
+        state.write_text(json.dumps({"family": recipe.family, "tokenizer": tokenizer, "first_stage": first,
+                                     "generator": gen}, indent=1))
+        if resume and latest_checkpoint(Path(gen_config.output_dir)) is not None and (out / "first-stage" / "final").is_dir():
+            # The generator has learnt this first stage's latents: training the first stage further (a resume
+            # with more minutes) would pull them from under it. More minutes go to the generator alone.
+            print("first stage: kept as it is (the generator has started on its latents)")
+        else:
+            train(first_config, resume=resume, progress=progress)
+        final = train(gen_config, resume=resume, progress=progress)
+        # The model at the top of the folder, so `--model OUT` finds it; its runs stay beside it.
+        for path in final.iterdir():
+            if path.is_file():
+                shutil.copy2(path, out / path.name)
     return out
 
 
