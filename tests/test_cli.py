@@ -150,10 +150,10 @@ def test_train_with_data_needs_a_family_and_a_real_folder(tmp_path):
 
 
 @pytest.mark.parametrize("option, value, words", [
-    ("--guidance-scale", "nan", "[0, 100]"), ("--guidance-scale", "1e308", "[0, 100]"), ("--eta", "-1", "[0, 1]"),
-    ("--eta", "nan", "[0, 1]"), ("--top-p", "1.5", "(0, 1]"), ("--temperature", "nan", "(0, 100]"),
-    ("--truncation", "inf", "(0, 100]"), ("--seed", "18446744073709551616", "2^62"), ("-n", "100000", "at most 10000"),
-    ("--steps", "5000", "at most 1000"), ("--threshold-percentile", "0", "(0, 1]"),
+    ("--guidance-scale", "nan", "[0.0, 100.0]"), ("--guidance-scale", "1e308", "[0.0, 100.0]"), ("--eta", "-1", "[0.0, 1.0]"),
+    ("--eta", "nan", "[0.0, 1.0]"), ("--top-p", "1.5", "(0.0, 1.0]"), ("--temperature", "nan", "(0.0, 100.0]"),
+    ("--truncation", "inf", "(0.0, 100.0]"), ("--seed", "18446744073709551616", "2^62"), ("-n", "100000", "at most 10000"),
+    ("--steps", "5000", "[1, 1000]"), ("--threshold-percentile", "0", "(0.0, 1.0]"), ("--seed", "1.5", "must be a number"),
 ])
 def test_generate_refuses_out_of_range_options_before_any_work(tmp_path, option, value, words):
     _assert_clean_error(*run_cli("generate", "a red circle", option, value, "--out", tmp_path / "o"), words)

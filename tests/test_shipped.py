@@ -1,6 +1,7 @@
 """The shipped default model loads offline and draws 64 px images; the recipes parse."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,17 @@ def test_a_model_of_another_data_set_has_a_card_with_held_out_scores(name):
     assert f"**{held['fid']:.3f}**" in card and "## Limits" in card and "minutes" in card
     image = trilemma.load(name).generate(["a smiling cat face, an emoji"], seed=0, steps=3)[0]
     assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"seed": 1.5}, "seed must be a whole number"), ({"seed": None}, "seed must be a whole number"),
+    ({"seed": 2**64}, "seed must be a whole number"), ({"guidance_scale": float("nan")}, "guidance_scale must be a number"),
+    ({"steps": "2"}, "steps must be a whole number"), ({"eta": -1}, "eta must be a number in [0.0, 1.0]"),
+    ({"batch_size": 0}, "batch_size must be a whole number"),
+])
+def test_the_api_checks_generation_options_as_the_cli_does(options, words):
+    model = trilemma.load()
+    with pytest.raises(ValueError, match=re.escape(words)):
+        model.generate(["a red circle"], **options)
+    with pytest.raises(TypeError, match="name or a folder"):
+        trilemma.load(123)

@@ -19,6 +19,8 @@ def load(name_or_dir: str | Path = None):
     from trilemma.registry import DEFAULT_MODEL, shipped_models
 
     name_or_dir = name_or_dir or DEFAULT_MODEL
+    if not isinstance(name_or_dir, (str, Path)):
+        raise TypeError(f"load takes a shipped model's name or a folder, got {type(name_or_dir).__name__}")
     shipped = shipped_models()
     if str(name_or_dir) in shipped:
         return TrainableModel.from_pretrained(shipped[str(name_or_dir)])

@@ -27,32 +27,21 @@ def _positive(kind, most: int | None = None):
     return parse
 
 
-def _number(low: float, high: float, low_open: bool = False, allow_inf: bool = False):
-    """A float in [low, high] ((low, high] if low_open): NaN, and inf unless allowed, are refused."""
+def _option(name: str):
+    """An argument type from the API's table of generation options (trilemma.model.GENERATE_OPTIONS)."""
     def parse(text):
+        from trilemma.model import GENERATE_OPTIONS, check_option
+
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if value != value or (abs(value) == float("inf") and not allow_inf) or value > high and value != float("inf") \
-                or value < low or (low_open and value == low):
-            bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-            raise argparse.ArgumentTypeError(f"must be a number in {bound}{' or inf' if allow_inf else ''}, got {text}")
-        return value
+            value = int(text) if GENERATE_OPTIONS[name][0] == "int" else float(text)
+            return check_option(name, value)
+        except ValueError as e:
+            message = str(e) if str(e).startswith(name) else f"must be a number, got {text!r}"
+            raise argparse.ArgumentTypeError(message.removeprefix(name + " ")) from None
     return parse
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 0 <= value < 2**62:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2^62), got {text}")
-    return value
-
-
-MAX_IMAGES_PER_PROMPT, MAX_STEPS, MAX_BATCH = 10_000, 1_000, 1_024
+MAX_IMAGES_PER_PROMPT = 10_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,18 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--split", default="train")
     prev.add_argument("--n", type=_positive(int), default=24)
     prev.add_argument("--resolution", type=_positive(int), default=64)
-    prev.add_argument("--seed", type=_seed, default=0)
+    prev.add_argument("--seed", type=_option("seed"), default=0)
     prev.add_argument("--out", default="shapes-preview.png")
     exp = data.add_parser("export", help="write an image folder with metadata.jsonl")
     exp.add_argument("--split", default="test")
     exp.add_argument("--n", type=_positive(int), default=1000)
     exp.add_argument("--resolution", type=_positive(int), default=64)
-    exp.add_argument("--seed", type=_seed, default=0)
+    exp.add_argument("--seed", type=_option("seed"), default=0)
     exp.add_argument("--out", required=True)
     pr = data.add_parser("prompts", help="write the canonical prompts of a split, one a line")
     pr.add_argument("--split", default="test")
     pr.add_argument("--n", type=_positive(int), default=500)
-    pr.add_argument("--seed", type=_seed, default=0)
+    pr.add_argument("--seed", type=_option("seed"), default=0)
     pr.add_argument("--out", default="-")
 
     tr = sub.add_parser("train", help="train a model: from your images in one command (--data, --family), or from a recipe",
@@ -107,25 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="a shipped model name or a checkpoint folder (default: the default model)")
     gen.add_argument("-n", "--num-images", type=_positive(int, MAX_IMAGES_PER_PROMPT), default=1,
                      help=f"images per prompt (at most {MAX_IMAGES_PER_PROMPT})")
-    gen.add_argument("--seed", type=_seed, default=0)
-    gen.add_argument("--steps", type=_positive(int, MAX_STEPS), help=f"sampling steps (at most {MAX_STEPS})")
-    gen.add_argument("--guidance-scale", type=_number(0, 100), help="classifier-free guidance, in [0, 100]")
+    gen.add_argument("--seed", type=_option("seed"), default=0)
+    gen.add_argument("--steps", type=_option("steps"), help="sampling steps (at most 1000)")
+    gen.add_argument("--guidance-scale", type=_option("guidance_scale"), help="classifier-free guidance, in [0, 100]")
     gen.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
-    gen.add_argument("--eta", type=_number(0, 1), help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
+    gen.add_argument("--eta", type=_option("eta"), help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
     gen.add_argument("--thresholding", choices=["none", "static", "dynamic"], help="pixel models: Imagen's x0 thresholding")
-    gen.add_argument("--threshold-percentile", type=_number(0, 1, low_open=True),
+    gen.add_argument("--threshold-percentile", type=_option("threshold_percentile"),
                      help="pixel models: dynamic thresholding's percentile p of |x0| (default 0.95, DeepFloyd IF's)")
-    gen.add_argument("--threshold-max-value", type=_number(1, 1e6, allow_inf=True),
+    gen.add_argument("--threshold-max-value", type=_option("threshold_max_value"),
                      help="pixel models: cap on dynamic thresholding's s in every stage (default: 1.5 base, 1.0 SR, "
                           "as DeepFloyd IF; inf: uncapped, Imagen's pseudocode)")
-    gen.add_argument("--aug-level", type=_number(0, 1), help="cascades: noise level of the SR stages' low-resolution input")
-    gen.add_argument("--sr-steps", type=_positive(int, MAX_STEPS), help="cascades: sampling steps of each SR stage")
-    gen.add_argument("--temperature", type=_number(0, 100, low_open=True), help="autoregressive models: sampling temperature")
-    gen.add_argument("--top-k", type=_positive(int), help="autoregressive models: keep the k likeliest tokens")
-    gen.add_argument("--top-p", type=_number(0, 1, low_open=True), help="autoregressive models: nucleus sampling mass")
-    gen.add_argument("--truncation", type=_number(0, 100, low_open=True), help="GANs: draw z from a normal truncated to [-t, t]")
+    gen.add_argument("--aug-level", type=_option("aug_level"), help="cascades: noise level of the SR stages' low-resolution input")
+    gen.add_argument("--sr-steps", type=_option("sr_steps"), help="cascades: sampling steps of each SR stage")
+    gen.add_argument("--temperature", type=_option("temperature"), help="autoregressive models: sampling temperature")
+    gen.add_argument("--top-k", type=_option("top_k"), help="autoregressive models: keep the k likeliest tokens")
+    gen.add_argument("--top-p", type=_option("top_p"), help="autoregressive models: nucleus sampling mass")
+    gen.add_argument("--truncation", type=_option("truncation"), help="GANs: draw z from a normal truncated to [-t, t]")
     gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--batch-size", type=_positive(int, MAX_BATCH), default=50)
+    gen.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
     gen.add_argument("--out", default="out")
     gen.add_argument("--resume", action="store_true",
                      help="carry on an interrupted run into the same --out (same prompts, -n and --seed)")
@@ -135,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("prompt_b")
     it.add_argument("--model", required=True)
     it.add_argument("--steps", type=_positive(int), default=8)
-    it.add_argument("--seed", type=_seed, default=0, help="z of the first end; the second end's z is seed + 1")
+    it.add_argument("--seed", type=_option("seed"), default=0, help="z of the first end; the second end's z is seed + 1")
     it.add_argument("--mode", choices=["both", "text", "z"], default="both",
                     help="move the sentence embedding, z (spherically), or both")
-    it.add_argument("--truncation", type=_number(0, 100, low_open=True))
+    it.add_argument("--truncation", type=_option("truncation"))
     it.add_argument("--out", default="out")
 
     ev = sub.add_parser("evaluate", help="alignment, FID/KID, precision/recall/density/coverage and cost of one model")
@@ -151,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", metavar="DIR", help="a held-out image folder: one image per caption, FID/KID against "
                                                   "its images (instead of the Shapes splits)")
     ev.add_argument("--train-data", metavar="DIR", help="with --data: the training folder, measured as a reference")
-    ev.add_argument("--seed", type=_seed, default=0)
+    ev.add_argument("--seed", type=_option("seed"), default=0)
 
     cm = sub.add_parser("compare", help="evaluate several models and write one table, plots and a side-by-side grid")
     cm.add_argument("models", nargs="+")

@@ -129,12 +129,57 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
+# What each generation option allows: (kind, low, high, low excluded). One table for the Python API (every
+# model's generate checks its arguments against it) and the command line (its argument types come from it).
+INF = float("inf")
+GENERATE_OPTIONS = {
+    "seed": ("int", 0, 2**62 - 1, False),
+    "steps": ("int", 1, 1000, False), "sr_steps": ("int", 1, 1000, False), "stages": ("int", 1, 8, False),
+    "batch_size": ("int", 1, 1024, False), "top_k": ("int", 1, 1_000_000, False), "candidates": ("int", 1, 64, False),
+    "guidance_scale": ("float", 0.0, 100.0, False), "sr_guidance_scale": ("float", 0.0, 100.0, False),
+    "eta": ("float", 0.0, 1.0, False), "aug_level": ("float", 0.0, 1.0, False),
+    "threshold_percentile": ("float", 0.0, 1.0, True), "threshold_max_value": ("float", 1.0, INF, False),
+    "temperature": ("float", 0.0, 100.0, True), "top_p": ("float", 0.0, 1.0, True), "truncation": ("float", 0.0, 100.0, True),
+}
+
+
+def check_option(name: str, value):
+    """`value` if it is what option `name` allows (an int or a finite float in its range), else a ValueError
+    whose one line names the option, the value and the range."""
+    kind, low, high, low_open = GENERATE_OPTIONS[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        ok = number and float(value).is_integer() and low <= value <= high
+        if ok:
+            return int(value)
+        raise ValueError(f"{name} must be a whole number in [{low}, {'2^62 - 1' if high == 2**62 - 1 else high}], got {value!r}")
+    ok = number and value == value and (value != INF or high == INF) and low <= value <= high and not (low_open and value == low)
+    if ok:
+        return float(value)
+    bound = f"{'(' if low_open else '['}{low}, {high}{')' if high == INF else ']'}"
+    raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
+
+
+def check_options(**options) -> None:
+    """check_option for every option given (None: the model's default)."""
+    for name, value in options.items():
+        if value is not None or name == "seed":  # every other option has a default that None stands for
+            check_option(name, value)
+
+
 def check_prompts(prompts: list[str]) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"prompts must be a text or a list of texts, got {type(prompts).__name__}")
     if not prompts:
         raise ValueError("no prompts given")
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
             raise ValueError("a prompt is empty; give some text, for example 'a red circle'")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes on the command line arrive as lone surrogates
+            raise ValueError(f"a prompt is not valid text ({p.encode('utf-8', 'replace')[:40]!r}...); "
+                             "give UTF-8 text") from None
     return list(prompts)

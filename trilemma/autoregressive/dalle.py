@@ -26,7 +26,7 @@ from transformers.generation.logits_process import LogitsProcessorList, TopKLogi
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.vq import VQTokenizer
-from trilemma.model import TextToImageModel, check_prompts, to_pil
+from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
 from trilemma.progress import progress as progress_bar
 from trilemma.text.tokenizer import PromptTokenizer
 
@@ -135,6 +135,8 @@ class DalleTransformer(TextToImageModel):
                  candidates: int = 1, reranker: Callable | None = None, progress: bool = False):
         """One image per prompt. With `candidates` > 1, `reranker(images, prompts) -> scores` keeps the best."""
         prompts = check_prompts(prompts)
+        check_options(seed=seed, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                      batch_size=batch_size, candidates=candidates)
         if candidates < 1:
             raise ValueError("candidates must be at least 1")
         if candidates > 1 and reranker is None:

@@ -31,7 +31,7 @@ from trilemma.config import parse_config
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
-from trilemma.model import TextToImageModel, check_prompts, to_pil
+from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -288,6 +288,9 @@ class ImagenCascade(TextToImageModel):
                        threshold_max_value: float | None = None) -> torch.Tensor:
         """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot)."""
         prompts = check_prompts(prompts)
+        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta,
+                      aug_level=aug_level, sr_steps=sr_steps, stages=stages, sr_guidance_scale=sr_guidance_scale,
+                      threshold_percentile=threshold_percentile, threshold_max_value=threshold_max_value)
         options = dict(steps=self.config.sampling_steps if steps is None else steps,
                        sr_steps=self.config.sr_sampling_steps if sr_steps is None else sr_steps,
                        guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,

@@ -20,7 +20,7 @@ from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
-from trilemma.model import TextToImageModel, check_prompts, to_pil
+from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
 
@@ -151,6 +151,7 @@ class LatentDiffusion(TextToImageModel):
                  sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
                  eta: float = 0.0):
         prompts = check_prompts(prompts)
+        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta)
         steps = self.config.sampling_steps if steps is None else steps
         if steps < 1:
             raise ValueError("steps must be at least 1")

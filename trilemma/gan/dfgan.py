@@ -35,7 +35,7 @@ from torch import nn
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
-from trilemma.model import TextToImageModel, check_prompts, to_pil
+from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -379,6 +379,7 @@ class DFGAN(TextToImageModel):
     def generate(self, prompts, seed: int = 0, truncation: float | None = None, batch_size: int = 256, progress: bool = False):
         """One forward pass per image; image i uses z from seed + i."""
         prompts = check_prompts(prompts)
+        check_options(seed=seed, truncation=truncation, batch_size=batch_size)
         truncation = self.config.truncation if truncation is None else truncation
         images = []
         for start in range(0, len(prompts), batch_size):
