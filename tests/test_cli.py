@@ -225,3 +225,30 @@ def test_generate_writes_metadata_as_it_goes_and_resumes_where_it_stopped(tiny_l
     # A resume of another command is refused: its images would be named for other prompts.
     _assert_clean_error(*run_cli("generate", "a green triangle", "-n", "4", "--model", tiny_ldm_dir, "--out", out,
                                  "--resume"), "does not continue this command")
+
+
+@pytest.mark.parametrize("content, words", [
+    ("5", "not a JSON object"), ("null", "not a JSON object"), ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"family": "diffusion", "model_class": "LatentDiffusion", "config": {"unet_channel": [8]}}', "did you mean 'unet_channels'"),
+    ('{"family": "diffusion", "model_class": "LatentDiffusion", "config": {"resolution": "64"}}', "must be an integer"),
+    ('{"family": "diffusion", "model_class": "LatentDiffusion", "config": 5}', "'config' is not a JSON object"),
+])
+def test_a_damaged_config_json_gets_one_line(tiny_ldm_dir, tmp_path, content, words):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_ldm_dir, folder)
+    (folder / "config.json").write_text(content)
+    _assert_clean_error(*run_cli("generate", "a red circle", "--model", folder, "--out", tmp_path / "o"), words)
+
+
+@pytest.mark.parametrize("row, words", [
+    ('{"file_name": "x.png", "text": 123}', "must be texts"), ('{"file_name": 5, "text": "a red circle"}', "must be texts"),
+])
+def test_score_refuses_metadata_of_the_wrong_types(tmp_path, row, words):
+    (tmp_path / "metadata.jsonl").write_text(row + "\n")
+    _assert_clean_error(*run_cli("score", tmp_path), words)
+
+
+def test_evaluate_refuses_a_model_that_draws_no_images(tiny_autoencoder_dir, tmp_path):
+    _assert_clean_error(*run_cli("evaluate", "--model", tiny_autoencoder_dir, "--n", "4", "--out", tmp_path), "does not draw")

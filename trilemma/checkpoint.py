@@ -165,9 +165,15 @@ def read_config(directory: str | Path) -> dict:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupted (not valid JSON: {e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is corrupted (nested too deeply to be a config)") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is corrupted: it holds a {type(config).__name__}, not a JSON object")
     for key in ("family", "model_class"):
         if key not in config:
             raise CheckpointError(f"{path} names no '{key}'; it is not a trilemma checkpoint")
+    if not isinstance(config.get("config", {}), dict):
+        raise CheckpointError(f"{path} is corrupted: its 'config' is not a JSON object")
     return config
 
 

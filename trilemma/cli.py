@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -199,7 +200,7 @@ def _family_recipe(path: str | None) -> dict | None:
     which TrainConfig.from_file then explains."""
     try:
         raw = json.loads(Path(path).read_text()) if path else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return raw if isinstance(raw, dict) and "family" in raw else None
 
@@ -272,14 +273,12 @@ def cmd_generate(args) -> None:
 
     from trilemma.folders import FolderLock, ensure_writable
     from trilemma.grid import image_grid
-    from trilemma.model import TextToImageModel
+    from trilemma.model import require_generator
     from trilemma.progress import progress
 
     prompts = read_prompts(args)
     out = ensure_writable(args.out)
-    model = trilemma.load(args.model)
-    if not isinstance(model, TextToImageModel):
-        raise ValueError(f"{args.model} holds a {type(model).__name__}, which does not draw images from text")
+    model = require_generator(trilemma.load(args.model), args.model)
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
                                  "eta": args.eta, "thresholding": args.thresholding, "aug_level": args.aug_level,
                                  "threshold_percentile": args.threshold_percentile,
@@ -444,6 +443,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"trilemma {args.command}: error: out of memory; use fewer images, a smaller --batch-size or a smaller model",
+              file=sys.stderr)
+        return 2
+    except Exception as e:  # a defect of trilemma's, not of the input: one line, exit 1, the traceback on request
+        if os.environ.get("TRILEMMA_DEBUG"):
+            raise
+        print(f"trilemma {args.command}: internal error: {type(e).__name__}: {str(e)[:300]} (a bug; please report it, "
+              "with the traceback that TRILEMMA_DEBUG=1 prints)", file=sys.stderr)
+        return 1
     return 0
 
 

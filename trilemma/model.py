@@ -119,6 +119,14 @@ class NonFiniteOutput(ValueError):
     pass
 
 
+def require_generator(model, name) -> "TextToImageModel":
+    """`model` if it draws images from text; else one line saying what it is (a first stage, a feature network)."""
+    if not isinstance(model, TextToImageModel):
+        raise ValueError(f"{name} holds a {type(model).__name__}, which does not draw images from text; "
+                         "give a text-to-image model")
+    return model
+
+
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] to PIL images. Non-finite values (NaN casts to black) raise instead: a black
     image written with exit status 0 is a wrong success."""

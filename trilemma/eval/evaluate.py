@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from trilemma.checkpoint import write_json
+from trilemma.model import require_generator
 from trilemma.shapes.export import test_prompts
 from trilemma.shapes.scenes import parse_prompt, render, sample_scene
 from trilemma.shapes.scorer import SCORER_VERSION, score_image, summarize
@@ -205,7 +206,7 @@ def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = No
     from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = trilemma.load(name)
+    model = require_generator(trilemma.load(name), name)
     prompts, images = cached_samples(model, name, split, n, cache, progress=progress)
     alignment = score_samples(prompts, images)
     network = load_feature_network(inception_weights)
@@ -340,7 +341,7 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
     prompts = test_prompts(split, grid_prompts)
     images, captions = [], []
     for name in names:
-        model = trilemma.load(name)
+        model = require_generator(trilemma.load(name), name)
         images += model.generate(prompts, seed=0)
         captions += [f"{Path(name).name}: {p}" if i == 0 else p for i, p in enumerate(prompts)]
     image_grid(images, captions, cols=grid_prompts).save(out / "samples.png")

@@ -18,14 +18,20 @@ def read_metadata(folder: str | Path) -> list[dict]:
     if not meta.is_file():
         raise FileNotFoundError(f"{folder} has no metadata.jsonl (one JSON line per image: file_name, text)")
     rows = []
-    for n, line in enumerate(meta.read_text().splitlines(), start=1):
+    try:
+        text = meta.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{meta} is not UTF-8 text; save it as UTF-8") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             row["file_name"], row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
             raise ValueError(f"{meta}:{n} is not a JSON object with file_name and text") from None
+        if not isinstance(row["file_name"], str) or not isinstance(row["text"], str):
+            raise ValueError(f"{meta}:{n}: file_name and text must be texts, got {row['file_name']!r} and {row['text']!r}")
         rows.append(row)
     if not rows:
         raise ValueError(f"{meta} lists no images")

@@ -24,6 +24,7 @@ from torch import nn
 
 from trilemma.checkpoint import write_json
 from trilemma.data.sources import ImageFolder, parse_data_config
+from trilemma.model import require_generator
 
 THUMBNAIL = 8
 
@@ -65,7 +66,7 @@ def evaluate_heldout(model_name: str, heldout: str | Path, train: str | Path | N
     from trilemma.eval.fidelity import load_feature_network
     from trilemma.grid import image_grid
 
-    model = trilemma.load(model_name)
+    model = require_generator(trilemma.load(model_name), model_name)
     real, captions = folder_images(heldout, model.resolution, n, seed)
     fake = []
     for start in range(0, len(captions), batch_size):

@@ -85,8 +85,12 @@ class TrainConfig:
             raw = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"no training config at {path}") from None
-        except json.JSONDecodeError as e:
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a folder; give the recipe's JSON file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path} is not valid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deeply to be a recipe") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path} must hold a JSON object")
         raw.pop("_comment", None)
