@@ -121,3 +121,19 @@ def test_resumed_run_reads_the_latent_cache(tmp_path, tiny_autoencoder_dir):
     stamp = (cache / "model.safetensors").stat().st_mtime_ns
     train(TrainConfig.from_file(cfg, steps=3), resume=True, progress=False)
     assert (cache / "model.safetensors").stat().st_mtime_ns == stamp  # read back, not written again
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint_cleans_leftovers_and_logs_each_step_once(tmp_path, tiny_autoencoder_dir):
+    whole = train(TrainConfig.from_file(tiny_train_config(tmp_path / "a", tiny_autoencoder_dir, steps=6)), progress=False)
+    cfg = tiny_train_config(tmp_path / "b", tiny_autoencoder_dir, steps=6, keep_checkpoints=3)
+    train(TrainConfig.from_file(cfg, steps=5), progress=False)  # checkpoints at 3 and at its stop, 5
+    run = tmp_path / "b" / "run"
+    latest = run / "checkpoints" / "step-000005"
+    (latest / "model.safetensors").write_bytes(b"damaged")  # a disk fault after it was written
+    (run / "checkpoints" / ".step-000006.tmp-abc").mkdir()  # a write a kill interrupted
+    resumed = train(TrainConfig.from_file(cfg), resume=True, progress=False)
+    a, b = _weights(whole), _weights(resumed)
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6  # from step 3, exactly
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) == list(range(1, 7))

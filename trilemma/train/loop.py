@@ -190,13 +190,24 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> Path:
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
     step, train_seconds, ckpt = 0, 0.0, None
 
+    if accelerator.is_main_process:
+        _remove_leftovers(out)
     if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            accelerator.print(f"no checkpoint under {out}/checkpoints; starting from scratch")
-        else:
-            step, train_seconds = _restore(ckpt, model, optimizers, accelerator)
+        # The newest checkpoint that restores whole: a damaged latest one (a disk fault, a hand edit) falls back
+        # to the intact one kept beside it, and says so.
+        for ckpt in reversed(sorted((out / "checkpoints").glob("step-*[0-9]"))):
+            try:
+                step, train_seconds = _restore(ckpt, model, optimizers, accelerator)
+            except CheckpointError as e:
+                accelerator.print(f"warning: {ckpt} cannot be restored ({e}); trying the one before it")
+                continue
             accelerator.print(f"resumed from {ckpt} at step {step}")
+            break
+        else:
+            ckpt = None
+            accelerator.print(f"no intact checkpoint under {out}/checkpoints; starting from scratch")
+        if accelerator.is_main_process:
+            _truncate_log(out / "log.jsonl", step)
     if step >= config.steps:
         accelerator.print(f"already trained to step {step} >= {config.steps}")
 
@@ -343,6 +354,27 @@ def _checkpoint(out: Path, model, optimizers, ema, step, train_seconds, keep, ac
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary folders of checkpoint writes that a kill interrupted (the finished ones were renamed)."""
+    for folder in (out, out / "checkpoints", out / "snapshots"):
+        for tmp in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop log lines past the step a run resumes from: the resumed run logs those steps again."""
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by the kill
+    log.write_text("".join(line + "\n" for line in kept))
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
