@@ -172,6 +172,8 @@ def read_config(directory: str | Path) -> dict:
     for key in ("family", "model_class"):
         if key not in config:
             raise CheckpointError(f"{path} names no '{key}'; it is not a trilemma checkpoint")
+    if not isinstance(config["model_class"], str) or not isinstance(config["family"], str):
+        raise CheckpointError(f"{path} is corrupted: its 'family' and 'model_class' must be names")
     if not isinstance(config.get("config", {}), dict):
         raise CheckpointError(f"{path} is corrupted: its 'config' is not a JSON object")
     return config

@@ -71,6 +71,10 @@ def _convert(value, tp, where: str, key: str, expected: str | None = None):
         raise bad()
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            # Every integer of a recipe or model config is a size, a count, a step or a seed: never negative
+            # (a negative width builds a model that fails only when it first runs).
+            if value < 0:
+                raise ConfigError(f"{where}: '{key}' must not be negative, got {value}")
             return value
         raise bad()
     if tp is float:

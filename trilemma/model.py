@@ -87,10 +87,19 @@ class TrainableModel(nn.Module):
         from trilemma.registry import model_class
 
         config, tensors = load_checkpoint(directory)
-        klass = model_class(config["model_class"])
+        try:
+            klass = model_class(config["model_class"])
+        except KeyError as e:
+            raise CheckpointError(f"{directory}: {e.args[0]}") from None
         if cls is not TrainableModel and not issubclass(klass, cls):
             raise CheckpointError(f"{directory} holds a {config['model_class']}, not a {cls.__name__}")
-        model = klass.from_config(config["config"])
+        if not isinstance(config.get("config"), dict):
+            raise CheckpointError(f"{directory}/config.json has no model 'config'; it is damaged")
+        try:
+            model = klass.from_config(config["config"])
+        except (ArithmeticError, TypeError, RuntimeError, AttributeError) as e:  # ValueErrors say what is wrong themselves
+            raise CheckpointError(f"{directory}: its config.json does not build a {klass.__name__} ({type(e).__name__}: "
+                                  f"{str(e)[:120]}); it is damaged or from another version") from None
         try:
             model.load_checkpoint_tensors({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
         except RuntimeError as e:

@@ -63,6 +63,8 @@ class DataConfig:
 def parse_data_config(raw: dict | None, where: str = "data", resolution: int = 64) -> DataConfig:
     """A recipe's `data` object, checked: one line naming the fix for a bad key, type or value. A data
     object that names no resolution takes the model's (`resolution`)."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(raw).__name__}")
     config = parse_config(DataConfig, dict(raw or {}), where)
     if config.resolution is None:
         config.resolution = resolution

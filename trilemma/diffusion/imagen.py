@@ -297,7 +297,7 @@ class ImagenCascade(TextToImageModel):
                        sr_guidance_scale=sr_guidance_scale if sr_guidance_scale is not None else (
                            self.config.sr_guidance_scale if self.config.sr_guidance_scale is not None
                            else (self.config.guidance_scale if guidance_scale is None else guidance_scale)),
-                       sampler=sampler or self.config.sampler, negative_prompt=negative_prompt, eta=eta,
+                       sampler=self.config.sampler if sampler is None else sampler, negative_prompt=negative_prompt, eta=eta,
                        thresholding=self.config.thresholding if thresholding is None else thresholding,
                        aug_level=self.config.sampling_aug_level if aug_level is None else aug_level,
                        stages=len(self.config.resolutions) if stages is None else stages, progress=progress,

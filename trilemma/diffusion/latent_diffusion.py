@@ -160,7 +160,8 @@ class LatentDiffusion(TextToImageModel):
             chunk = prompts[start:start + batch_size]
             images += self._generate_batch(chunk, [seed + start + i for i in range(len(chunk))], steps,
                                            self.config.guidance_scale if guidance_scale is None else guidance_scale,
-                                           sampler or self.config.sampler, negative_prompt, progress, eta)
+                                           self.config.sampler if sampler is None else sampler, negative_prompt,
+                                           progress, eta)
         return images
 
     def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress, eta=0.0):
