@@ -42,7 +42,7 @@ def _option(name: str):
     return parse
 
 
-MAX_IMAGES_PER_PROMPT = 10_000
+MAX_IMAGES_PER_PROMPT, MAX_IMAGES_PER_RUN, MAX_PROMPTS_FILE_MB = 10_000, 1_000_000, 50
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate images from prompts")
     gen.add_argument("prompt", nargs="*")
-    gen.add_argument("--prompts", help="a file of prompts, one a line")
+    gen.add_argument("--prompts", help="a file of prompts, one a line (UTF-8, at most 50 MB; at most 1,000,000 images a run)")
     gen.add_argument("--model", default=None, help="a shipped model name or a checkpoint folder (default: the default model)")
     gen.add_argument("-n", "--num-images", type=_positive(int, MAX_IMAGES_PER_PROMPT), default=1,
                      help=f"images per prompt (at most {MAX_IMAGES_PER_PROMPT})")
@@ -256,7 +256,12 @@ def read_prompts(args) -> list[str]:
         path = Path(args.prompts)
         if not path.is_file():
             raise FileNotFoundError(f"no prompts file at {path}")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if path.stat().st_size > MAX_PROMPTS_FILE_MB * 2**20:
+            raise ValueError(f"{path} is over {MAX_PROMPTS_FILE_MB} MB; split it into smaller prompt files")
+        try:
+            prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     if not prompts:
         raise ValueError("no prompt given: pass a prompt, for example trilemma generate \"a red circle\", or --prompts FILE")
     for p in prompts:
@@ -292,6 +297,9 @@ def cmd_generate(args) -> None:
     if unsupported:
         flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
         raise ValueError(f"{args.model} ({type(model).__name__}) does not take {flags}")
+    if len(prompts) * args.num_images > MAX_IMAGES_PER_RUN:
+        raise ValueError(f"{len(prompts)} prompts x {args.num_images} images is over {MAX_IMAGES_PER_RUN:,} images a run; "
+                         "split the prompts into several runs")
     # Image k gets seed + k, so a run's bytes do not depend on the batch size.
     jobs = [(p, args.seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.num_images))]
     with FolderLock(out, "trilemma generate"):

@@ -97,7 +97,7 @@ class TrainableModel(nn.Module):
             raise CheckpointError(f"{directory}/config.json has no model 'config'; it is damaged")
         try:
             model = klass.from_config(config["config"])
-        except (ArithmeticError, TypeError, RuntimeError, AttributeError) as e:  # ValueErrors say what is wrong themselves
+        except (ArithmeticError, LookupError, TypeError, RuntimeError, AttributeError) as e:  # (a ValueError names the fault itself)
             raise CheckpointError(f"{directory}: its config.json does not build a {klass.__name__} ({type(e).__name__}: "
                                   f"{str(e)[:120]}); it is damaged or from another version") from None
         try:
