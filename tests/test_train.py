@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,25 @@ def test_resume_falls_back_past_a_damaged_checkpoint_cleans_leftovers_and_logs_e
     assert not list((run / "checkpoints").glob(".*tmp*"))
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) == list(range(1, 7))
+
+
+def test_a_second_training_into_a_live_runs_folder_is_refused(tmp_path, tiny_autoencoder_dir):
+    recipe = tiny_train_config(tmp_path, tiny_autoencoder_dir, steps=100000, checkpoint_every=0)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    first = subprocess.Popen([sys.executable, "-m", "trilemma", "train", str(recipe)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = tmp_path / "run" / ".trilemma.lock"
+        for _ in range(600):
+            if lock.exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert lock.exists()
+        for args in (["train", str(recipe)], ["train", str(recipe), "--resume"]):
+            second = subprocess.run([sys.executable, "-m", "trilemma", *args], env=env, capture_output=True, text=True,
+                                    timeout=300)
+            assert second.returncode == 2 and "in use by a running trilemma train" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
