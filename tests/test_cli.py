@@ -69,7 +69,7 @@ def test_models_lists_the_shipped_default():
     (["generate", "   "], ["empty"]),
     (["generate"], ["no prompt"]),
     (["generate", "a red circle", "-n", "0"], ["at least 1"]),
-    (["generate", "a red circle", "--steps", "0"], ["at least 1"]),
+    (["generate", "a red circle", "--steps", "0"], ["must be a whole number in [1, 1000]"]),
     (["score", "/nonexistent-folder"], ["metadata.jsonl"]),
     (["train", "/nonexistent.json"], ["no training config"]),
 ])
