@@ -1,4 +1,4 @@
-"""Bad and odd input, generated: over a thousand invocations of the CLI, the API, recipes, damaged checkpoint
+"""Bad and odd input, generated: 1,100 invocations of the CLI (generate, data, score, evaluate, interpolate, train), the API, recipes, damaged checkpoint
 folders and image folders, on tiny models. For each, bad input must end in one clean error (exit status 2,
 or the documented exception from the API) and nothing half-written; odd but valid input must succeed.
 No case may end in a traceback or in an internal error (exit status 1), and none may succeed on bad input.
@@ -252,3 +252,41 @@ def test_image_folder_fuzz(tmp_path):
             with pytest.raises(ValueError) as info:
                 ImageFolder(config)
             assert "\n" not in str(info.value), (case, kind)
+
+
+def test_cli_other_commands_fuzz(tiny_ldm_dir, tiny_autoencoder_dir, tmp_path, capsys):
+    """data, score, evaluate, interpolate and train, each with bad arguments (exit 2, one line) or good ones (exit 0)."""
+    rng = random.Random(SEED + 5)
+    scored = tmp_path / "scored"
+    assert _cli(["generate", "a red circle", "--model", tiny_ldm_dir, "--steps", "1", "--out", scored], capsys)[0] == 0
+    recipe = tmp_path / "recipe.json"
+    for case in range(int(100 * SCALE)):
+        out = tmp_path / f"o{case}"
+        command = rng.choice(["preview", "export", "prompts", "score", "evaluate", "interpolate", "train"])
+        split = rng.choice(["train", "test", "test-novel", "val", "", "TEST"])
+        n = rng.choice(["1", "3", "0", "-2", "x", "1e9", "1000001"])
+        bad = split not in ("train", "test", "test-novel") or n not in ("1", "3")
+        if command == "preview":
+            argv = ["data", "preview", "--split", split, "--n", n, "--resolution", rng.choice(["16", "0", "5000"]), "--out", out / "p.png"]
+            bad |= argv[7] != "16"
+        elif command == "export":
+            argv = ["data", "export", "--split", split, "--n", n, "--resolution", "16", "--out", out]
+        elif command == "prompts":
+            argv = ["data", "prompts", "--split", split, "--n", n, "--out", out.with_suffix(".txt")]
+        elif command == "score":
+            folder = rng.choice([scored, tmp_path / "missing", tiny_ldm_dir])
+            argv, bad = ["score", folder, "--out", out.with_suffix(".json")], folder != scored
+        elif command == "evaluate":
+            model = rng.choice([tiny_autoencoder_dir, tmp_path / "missing", "no-such-model"])
+            argv, bad = ["evaluate", "--model", model, "--n", rng.choice(["2", "0"]), "--out", out], True
+        elif command == "interpolate":
+            argv, bad = ["interpolate", "a", "b", "--model", rng.choice([tiny_ldm_dir, tiny_autoencoder_dir]), "--out", out], True
+        else:
+            field, value = rng.choice([("steps", 0), ("grad_clip", -1), ("ema_decay", 1.5), ("model_class", "Nope"),
+                                       ("data", {"type": "x"}), ("learning_rate", "fast"), ("unknown", 1)])
+            recipe.write_text(json.dumps({**VALID_RECIPE, field: value}))
+            argv, bad = ["train", recipe], True
+        rc, err = _cli(argv, capsys)
+        assert rc == (2 if bad else 0), (case, argv, err)
+        if bad:
+            assert len(err.strip().splitlines()) == 1, (case, argv, err)
