@@ -6,6 +6,23 @@ from __future__ import annotations
 import torch
 
 
+class ReconstructionPreview:
+    """The loop's sample grid for a first stage: training images above their reconstructions. Mixed into
+    both first stages before TrainableModel, whose prepare_training builds the dataset."""
+
+    def prepare_training(self, config, device):
+        dataset = super().prepare_training(config, device)
+        self._preview = preview_samples(dataset, self.config.resolution)
+        return dataset
+
+    def preview(self, prompts: list[str], seed: int = 0):
+        from trilemma.model import to_pil
+
+        real, captions = getattr(self, "_preview", None) or preview_samples(None, self.config.resolution)
+        recon = self.reconstruct(real.to(next(self.parameters()).device)).cpu()
+        return to_pil(torch.cat([real, recon])), captions + ["reconstruction"] * len(captions)
+
+
 def preview_samples(dataset, resolution: int, n: int = 8) -> tuple[torch.Tensor, list[str]]:
     """(images, captions) a first stage shows reconstructed in the loop's sample grid: the first n training
     samples, or (no dataset: a loaded model) Shapes `test` renders."""

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from trilemma.config import parse_config
-from trilemma.autoencoders import preview_samples
-from trilemma.model import TrainableModel, to_pil
+from trilemma.autoencoders import ReconstructionPreview
+from trilemma.model import TrainableModel
 
 
 @dataclass
@@ -35,7 +35,7 @@ class AutoencoderConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
 
-class KLAutoencoder(TrainableModel):
+class KLAutoencoder(ReconstructionPreview, TrainableModel):
     family = "first-stage"  # shared by the families; see trilemma/autoencoders
     config_class = AutoencoderConfig
 
@@ -78,16 +78,6 @@ class KLAutoencoder(TrainableModel):
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images)).clamp(-1, 1)
 
-    def prepare_training(self, config, device):
-        dataset = super().prepare_training(config, device)
-        self._preview = preview_samples(dataset, self.config.resolution)
-        return dataset
-
-    def preview(self, prompts: list[str], seed: int = 0):
-        """Training images above their reconstructions, for the loop's sample grid."""
-        x, captions = getattr(self, "_preview", None) or preview_samples(None, self.config.resolution)
-        device = next(self.parameters()).device
-        return to_pil(torch.cat([x, self.reconstruct(x.to(device)).cpu()])), captions + ["reconstruction"] * len(captions)
 
 
 def frozen_autoencoder(current: KLAutoencoder, source: str | None, user: str) -> KLAutoencoder:

@@ -22,8 +22,8 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from trilemma.config import parse_config
-from trilemma.autoencoders import preview_samples
-from trilemma.model import TrainableModel, to_pil
+from trilemma.autoencoders import ReconstructionPreview
+from trilemma.model import TrainableModel
 
 
 @dataclass
@@ -144,7 +144,7 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-class VQTokenizer(TrainableModel):
+class VQTokenizer(ReconstructionPreview, TrainableModel):
     family = "first-stage"  # shared by the families; see trilemma/autoencoders
     config_class = VQConfig
 
@@ -250,14 +250,4 @@ class VQTokenizer(TrainableModel):
         hinge = 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
         return {"loss": hinge, "d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
 
-    def prepare_training(self, config, device):
-        dataset = super().prepare_training(config, device)
-        self._preview = preview_samples(dataset, self.config.resolution)
-        return dataset
 
-    def preview(self, prompts: list[str], seed: int = 0):
-        """Training images above their reconstructions, for the loop's sample grid."""
-        real, captions = getattr(self, "_preview", None) or preview_samples(None, self.config.resolution)
-        device = next(self.parameters()).device
-        recon = self.reconstruct(real.to(device)).cpu()
-        return to_pil(real) + to_pil(recon), captions + ["reconstruction"] * len(captions)

@@ -339,7 +339,7 @@ class WebDatasetStream(IterableDataset):
         pipeline = wds.WebDataset(self.my_shards(epoch), shardshuffle=False, nodesplitter=None,
                                   workersplitter=None, empty_check=False, handler=unreadable)
         if self.data.shuffle_buffer > 1:
-            pipeline = pipeline.shuffle(self.data.shuffle_buffer, rng=_Random(self.seed, epoch, self.rank))
+            pipeline = pipeline.shuffle(self.data.shuffle_buffer, rng=_seeded_random(self.seed, epoch, self.rank))
         n = 0
         for sample in pipeline:
             text = self._caption(sample) if any(k in sample for k in IMAGE_KEYS) else None
@@ -401,7 +401,7 @@ class WebDatasetStream(IterableDataset):
         return self.stream()
 
 
-def _Random(*seed):
+def _seeded_random(*seed):
     """A `random.Random` seeded from a tuple (webdataset's shuffle takes one)."""
     import random
 
