@@ -37,6 +37,27 @@ def tiny_ldm_dir(tmp_path_factory) -> Path:
     return path
 
 
+TINY_CLIP = {"resolution": 64, "patch_size": 16, "vision": {"hidden_size": 32, "num_layers": 1, "num_heads": 2},
+             "text": {"hidden_size": 32, "num_layers": 1, "num_heads": 2}, "projection_dim": 16, "vocab_size": 600}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny CLIP (random weights, a tokenizer learnt from 500 Shapes captions) saved as trilemma saves CLIPs:
+    a folder transformers' CLIPModel and CLIPProcessor load."""
+    from trilemma.clip.clip import CLIP, learn_tokenizer
+    from trilemma.shapes.dataset import ShapesDataset
+
+    torch.manual_seed(0)
+    data = ShapesDataset("train")
+    tokenizer = learn_tokenizer([data.caption(i, i) for i in range(500)], 600, 32)
+    model = CLIP.from_config(TINY_CLIP)
+    model.set_tokenizer(tokenizer)
+    path = tmp_path_factory.mktemp("models") / "tiny-clip"
+    model.save_pretrained(path)
+    return path
+
+
 def tiny_train_config(tmp_path: Path, ae_dir: Path, **overrides) -> Path:
     config = {"model_class": "LatentDiffusion", "model": TINY_LDM, "init": {"autoencoder": str(ae_dir)},
               "data": {"cache_latents": 64}, "output_dir": str(tmp_path / "run"), "steps": 6, "batch_size": 4,

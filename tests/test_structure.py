@@ -33,9 +33,9 @@ def test_no_family_imports_another(family):
 
 
 def test_shared_code_imports_no_family():
-    # What the families share lives below them: the interface, the loop, data, text, first stages, Shapes.
+    # What the families share lives below them: the interface, the loop, data, text, first stages, Shapes, CLIP.
     shared = [PACKAGE / "model.py", PACKAGE / "registry.py", PACKAGE / "config.py", PACKAGE / "checkpoint.py"]
-    for folder in ("train", "data", "text", "autoencoders", "shapes"):
+    for folder in ("train", "data", "text", "autoencoders", "shapes", "clip"):
         shared += (PACKAGE / folder).rglob("*.py")
     for path in shared:
         families = {m for m in imported_modules(path) if _family(m)}

@@ -19,6 +19,7 @@ MODEL_CLASSES = {
     "DFGAN": "trilemma.gan.dfgan:DFGAN",
     "SentenceMatching": "trilemma.text.matching:SentenceMatching",
     "ShapesFeatureNet": "trilemma.shapes.features:ShapesFeatureNet",
+    "CLIP": "trilemma.clip.clip:CLIP",
 }
 
 
@@ -40,11 +41,31 @@ DEFAULT_MODEL = "shapes-imagen"
 FEATURE_NETWORK = "shapes-features"  # shipped beside the models, but an evaluation network, not a generator
 
 
+# Families of shipped networks that score images rather than draw them (a CLIP): listed apart from the models.
+SCORING_FAMILIES = ("clip",)
+
+
+def _family(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def shipped_models() -> dict[str, Path]:
-    """Shipped text-to-image models: folders under trilemma/weights with a config.json (the feature network aside)."""
+    """Shipped text-to-image models: folders under trilemma/weights with a config.json (the feature network and
+    the shipped CLIPs aside)."""
     if not WEIGHTS_DIR.is_dir():
         return {}
-    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file() and p.name != FEATURE_NETWORK}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file() and p.name != FEATURE_NETWORK
+            and _family(p) not in SCORING_FAMILIES}
+
+
+def shipped_clips() -> dict[str, Path]:
+    """Shipped CLIPs (trilemma.clip.load_clip takes their names)."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file() and _family(p) == "clip"}
 
 
 def benchmark(path: Path) -> str:
