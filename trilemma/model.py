@@ -156,6 +156,7 @@ GENERATE_OPTIONS = {
     "guidance_scale": ("float", 0.0, 100.0, False), "sr_guidance_scale": ("float", 0.0, 100.0, False),
     "eta": ("float", 0.0, 1.0, False), "aug_level": ("float", 0.0, 1.0, False),
     "threshold_percentile": ("float", 0.0, 1.0, True), "threshold_max_value": ("float", 1.0, INF, False),
+    "clip_guidance": ("float", 0.0, 10000.0, False),
     "temperature": ("float", 0.0, 100.0, True), "top_p": ("float", 0.0, 1.0, True), "truncation": ("float", 0.0, 100.0, True),
 }
 

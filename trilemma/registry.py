@@ -20,6 +20,7 @@ MODEL_CLASSES = {
     "SentenceMatching": "trilemma.text.matching:SentenceMatching",
     "ShapesFeatureNet": "trilemma.shapes.features:ShapesFeatureNet",
     "CLIP": "trilemma.clip.clip:CLIP",
+    "NoiseAwareCLIP": "trilemma.clip.noise_aware:NoiseAwareCLIP",
 }
 
 
@@ -42,7 +43,7 @@ FEATURE_NETWORK = "shapes-features"  # shipped beside the models, but an evaluat
 
 
 # Families of shipped networks that score images rather than draw them (a CLIP): listed apart from the models.
-SCORING_FAMILIES = ("clip",)
+SCORING_FAMILIES = ("clip", "noised-clip")
 
 
 def _family(path: Path) -> str | None:

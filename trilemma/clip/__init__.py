@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 DEFAULT_CLIP = "shapes-clip"
+DEFAULT_NOISE_AWARE_CLIP = {16: "shapes-clip-noised-16"}  # by the guided model's resolution
 
 
 class CLIPLoadError(ValueError):
@@ -55,6 +56,7 @@ class CLIPScorer(torch.nn.Module):
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # trilemma's extra keys in config.json are not a fault
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model of a few MB
         try:
             self.model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval().requires_grad_(False)
             self.processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
@@ -150,3 +152,34 @@ def clip_score(images: list[Image.Image], prompts: list[str], source: str | Path
         batch = [torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images[start:start + batch_size]]
         metric.update(batch, list(prompts[start:start + batch_size]))
     return float(metric.compute())
+
+
+_NOISE_AWARE: dict[str, torch.nn.Module] = {}
+
+
+def load_noise_aware_clip(source: str | Path | None, resolution: int):
+    """A noise-aware CLIP (`trilemma.clip.noise_aware`) by shipped name or folder; None: the shipped one for `resolution`."""
+    from trilemma.model import TrainableModel
+    from trilemma.registry import WEIGHTS_DIR
+
+    if source is None:
+        if resolution not in DEFAULT_NOISE_AWARE_CLIP:
+            raise CLIPLoadError(f"no noise-aware CLIP is shipped for {resolution} px images; train one "
+                                "(configs/shapes-clip-noised-16.json shows how) and give it with --guidance-clip")
+        source = DEFAULT_NOISE_AWARE_CLIP[resolution]
+    shipped = WEIGHTS_DIR / str(source)
+    folder = shipped if "/" not in str(source) and (shipped / "config.json").is_file() else Path(source).expanduser()
+    if not (folder / "config.json").is_file():
+        raise CLIPLoadError(f"no noise-aware CLIP at {source}: give a shipped one's name "
+                            f"({', '.join(DEFAULT_NOISE_AWARE_CLIP.values())}) or a folder that `trilemma train` wrote")
+    key = str(folder.resolve())
+    if key not in _NOISE_AWARE:
+        model = TrainableModel.from_pretrained(folder)
+        if type(model).__name__ != "NoiseAwareCLIP":
+            raise CLIPLoadError(f"{source} holds a {type(model).__name__}, not a noise-aware CLIP: CLIP guidance of a pixel "
+                                "model reads noisy images, which only a CLIP trained on them can")
+        _NOISE_AWARE[key] = model.eval().requires_grad_(False)
+    model = _NOISE_AWARE[key]
+    if model.resolution != resolution:
+        raise CLIPLoadError(f"{source} reads {model.resolution} px images; this model's base draws {resolution} px")
+    return model

@@ -28,6 +28,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from trilemma.config import parse_config
+from trilemma.diffusion.guidance import noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
@@ -269,15 +270,18 @@ class ImagenCascade(TextToImageModel):
                  sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
                  eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
                  sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None,
-                 threshold_percentile: float | None = None, threshold_max_value: float | None = None):
+                 threshold_percentile: float | None = None, threshold_max_value: float | None = None,
+                 clip_guidance: float | None = None, guidance_clip: str | None = None):
         """Images from the last stage (or from the first `stages` stages), one per prompt.
 
         `threshold_max_value` caps dynamic thresholding's s in every stage (inf: uncapped, as in Imagen's
-        pseudocode); unset, each stage takes its config's cap.
+        pseudocode); unset, each stage takes its config's cap. `clip_guidance` > 0 steers the base stage with a
+        noise-aware CLIP (GLIDE): `guidance_clip` names it (a shipped one, or a folder; by default
+        the shipped one trained on this cascade's base resolution and schedule).
         """
         return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
                                           progress, eta, thresholding, aug_level, sr_steps, stages, sr_guidance_scale,
-                                          threshold_percentile, threshold_max_value))
+                                          threshold_percentile, threshold_max_value, clip_guidance, guidance_clip))
 
     @torch.no_grad()
     def sample_tensors(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
@@ -285,12 +289,21 @@ class ImagenCascade(TextToImageModel):
                        eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
                        sr_steps: int | None = None, stages: int | None = None,
                        sr_guidance_scale: float | None = None, threshold_percentile: float | None = None,
-                       threshold_max_value: float | None = None) -> torch.Tensor:
+                       threshold_max_value: float | None = None, clip_guidance: float | None = None,
+                       guidance_clip: str | None = None) -> torch.Tensor:
         """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot)."""
         prompts = check_prompts(prompts)
         check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta,
                       aug_level=aug_level, sr_steps=sr_steps, stages=stages, sr_guidance_scale=sr_guidance_scale,
-                      threshold_percentile=threshold_percentile, threshold_max_value=threshold_max_value)
+                      threshold_percentile=threshold_percentile, threshold_max_value=threshold_max_value,
+                      clip_guidance=clip_guidance)
+        classifier = None
+        if clip_guidance:
+            from trilemma.clip import load_noise_aware_clip
+
+            classifier = load_noise_aware_clip(guidance_clip, self.config.resolutions[0])
+            classifier.check_schedule(self.noise_scheduler.config)
+            classifier.to(next(self.unets[0].parameters()).device)
         options = dict(steps=self.config.sampling_steps if steps is None else steps,
                        sr_steps=self.config.sr_sampling_steps if sr_steps is None else sr_steps,
                        guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
@@ -302,7 +315,8 @@ class ImagenCascade(TextToImageModel):
                        aug_level=self.config.sampling_aug_level if aug_level is None else aug_level,
                        stages=len(self.config.resolutions) if stages is None else stages, progress=progress,
                        percentile=self.config.threshold_percentile if threshold_percentile is None else threshold_percentile,
-                       max_values=self._threshold_caps(threshold_max_value))
+                       max_values=self._threshold_caps(threshold_max_value), classifier=classifier,
+                       clip_guidance=clip_guidance or 0.0)
         if options["steps"] < 1 or options["sr_steps"] < 1:
             raise ValueError("steps must be at least 1")
         if not 0.0 <= options["aug_level"] <= 1.0:
@@ -323,7 +337,8 @@ class ImagenCascade(TextToImageModel):
         return [UNCAPPED if c is None else float(c) for c in caps]
 
     def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sr_guidance_scale, sampler, negative_prompt, eta,
-                 thresholding, aug_level, stages, progress, percentile, max_values) -> torch.Tensor:
+                 thresholding, aug_level, stages, progress, percentile, max_values, classifier=None,
+                 clip_guidance=0.0) -> torch.Tensor:
         image, base_scale = None, guidance_scale
         for stage in range(stages):
             guidance_scale = base_scale if stage == 0 else sr_guidance_scale
@@ -333,8 +348,11 @@ class ImagenCascade(TextToImageModel):
             uncond = self.encode_text(stage, [negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
             # Each stage draws its own noise; (seed, stage, purpose) -> one 63-bit seed, so no two collide.
             stage_seeds = [_derive_seed(s, stage, 0) for s in seeds]
+            guide = None
             if stage == 0:
                 denoise = lambda x, t, st, m: self.denoise(0, x, t, st, m)  # noqa: E731
+                if classifier is not None:  # GLIDE's CLIP guidance steers the base, which decides the layout
+                    guide = noise_aware_clip_guide(classifier, prompts, clip_guidance)
             else:
                 level = torch.full((len(prompts),), float(aug_level), device=device)
                 low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [_derive_seed(s, stage, 1) for s in seeds], device))
@@ -343,7 +361,7 @@ class ImagenCascade(TextToImageModel):
             image = sample(denoise, (3, size, size), stage_seeds, make_sampler(sampler, self.noise_scheduler.config),
                            steps if stage == 0 else sr_steps, cond, uncond, guidance_scale, self.config.prediction_type,
                            thresholding=thresholding, percentile=percentile, max_value=max_values[stage], eta=eta,
-                           progress=progress, device=device)
+                           progress=progress, device=device, guide=guide)
             if stage < stages - 1:
                 image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range
         return image

@@ -18,6 +18,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
+from trilemma.diffusion.guidance import decoded_clip_guide
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
@@ -149,9 +150,17 @@ class LatentDiffusion(TextToImageModel):
     @torch.no_grad()
     def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
-                 eta: float = 0.0):
+                 eta: float = 0.0, clip_guidance: float | None = None, guidance_clip: str | None = None):
+        """One image per prompt. `clip_guidance` > 0 steers the sampler with CLIP read on the decoded prediction of the
+        clean image (`trilemma.diffusion.guidance.decoded_clip_guide`); `guidance_clip` names the CLIP (default shapes-clip)."""
         prompts = check_prompts(prompts)
-        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta)
+        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta,
+                      clip_guidance=clip_guidance)
+        clip = None
+        if clip_guidance:
+            from trilemma.clip import DEFAULT_CLIP, load_clip
+
+            clip = load_clip(guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
         steps = self.config.sampling_steps if steps is None else steps
         if steps < 1:
             raise ValueError("steps must be at least 1")
@@ -161,13 +170,17 @@ class LatentDiffusion(TextToImageModel):
             images += self._generate_batch(chunk, [seed + start + i for i in range(len(chunk))], steps,
                                            self.config.guidance_scale if guidance_scale is None else guidance_scale,
                                            self.config.sampler if sampler is None else sampler, negative_prompt,
-                                           progress, eta)
+                                           progress, eta, clip, clip_guidance or 0.0)
         return images
 
-    def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress, eta=0.0):
+    def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress, eta=0.0,
+                        clip=None, clip_guidance=0.0):
         device = next(self.unet.parameters()).device
         uncond = self.encode_text([negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
+        guide = None
+        if clip is not None:
+            guide = decoded_clip_guide(clip, lambda z: self.autoencoder.decode(z / self.config.latent_scale), prompts, clip_guidance)
         latents = sample(self.denoise, (self.latent_channels, self.latent_size, self.latent_size), seeds,
                          self.make_sampler(sampler_name), steps, self.encode_text(prompts), uncond, guidance_scale,
-                         self.config.prediction_type, eta=eta, progress=progress, device=device)
+                         self.config.prediction_type, eta=eta, progress=progress, device=device, guide=guide)
         return to_pil(self.autoencoder.decode(latents / self.config.latent_scale))

