@@ -114,8 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=_option("top_k"), help="autoregressive models: keep the k likeliest tokens")
     gen.add_argument("--top-p", type=_option("top_p"), help="autoregressive models: nucleus sampling mass")
     gen.add_argument("--truncation", type=_option("truncation"), help="GANs: draw z from a normal truncated to [-t, t]")
+    gen.add_argument("--clip-guidance", type=_option("clip_guidance"), metavar="SCALE",
+                     help="diffusion models: CLIP guidance (GLIDE) of this scale, with or without classifier-free "
+                          "guidance; pixel models use a noise-aware CLIP, latent models a CLIP on the decoded x0")
+    gen.add_argument("--guidance-clip", metavar="NAME_OR_DIR",
+                     help="with --clip-guidance: the CLIP that steers (default: shapes-clip-noised-16 for the pixel "
+                          "cascade's 16 px base, shapes-clip for latent models)")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
+    gen.add_argument("--rerank", type=_option("candidates"), metavar="N",
+                     help="CLIP reranking (DALL-E's): draw N candidates per image (at most 64) and keep the one CLIP "
+                          "scores highest against its prompt; N times the sampling cost")
+    gen.add_argument("--clip", metavar="NAME_OR_DIR", help="with --rerank: the CLIP that chooses, a shipped CLIP's name or "
+                                                           "a transformers CLIP folder (default shapes-clip)")
     gen.add_argument("--out", default="out")
     gen.add_argument("--resume", action="store_true",
                      help="carry on an interrupted run into the same --out (same prompts, -n and --seed)")
@@ -141,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", metavar="DIR", help="a held-out image folder: one image per caption, FID/KID against "
                                                   "its images (instead of the Shapes splits)")
     ev.add_argument("--train-data", metavar="DIR", help="with --data: the training folder, measured as a reference")
+    ev.add_argument("--clip", metavar="NAME_OR_DIR", help="the CLIP of the CLIP score (and of --features clip): a shipped CLIP "
+                                                          "or a local transformers CLIP folder (default: shapes-clip when "
+                                                          "shipped; with --data, no CLIP score unless given)")
+    ev.add_argument("--features", choices=["shapes", "clip"], default="shapes",
+                    help="FID/KID/P/R/D/C on the Shapes feature network (default) or the CLIP's image embeddings (FD_CLIP)")
     ev.add_argument("--seed", type=_option("seed"), default=0)
 
     cm = sub.add_parser("compare", help="evaluate several models and write one table, plots and a side-by-side grid")
@@ -150,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--out", default="reports/compare")
     cm.add_argument("--cache", default="reports/eval-cache")
     cm.add_argument("--fresh", action="store_true", help="evaluate again even where a report for the same split and n exists")
+    cm.add_argument("--clip", metavar="NAME_OR_DIR", help="the CLIP of the CLIP score column: a shipped CLIP or a local "
+                                                          "transformers CLIP folder (default: shapes-clip when shipped)")
 
     sc = sub.add_parser("score", help="score an image folder (metadata.jsonl) with the Shapes scorer")
     sc.add_argument("folder")
@@ -282,6 +300,13 @@ def cmd_generate(args) -> None:
     from trilemma.progress import progress
 
     prompts = read_prompts(args)
+    scorer = None
+    if args.clip is not None and args.rerank is None:
+        raise ValueError("--clip chooses among --rerank's candidates; give --rerank N too")
+    if args.rerank is not None:
+        from trilemma.clip import DEFAULT_CLIP, load_clip
+
+        scorer = load_clip(args.clip or DEFAULT_CLIP)  # before the model loads or --out is made: one line if missing
     out = ensure_writable(args.out)
     model = require_generator(trilemma.load(args.model), args.model)
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
@@ -289,7 +314,8 @@ def cmd_generate(args) -> None:
                                  "threshold_percentile": args.threshold_percentile,
                                  "threshold_max_value": args.threshold_max_value,
                                  "sr_steps": args.sr_steps, "temperature": args.temperature, "top_k": args.top_k,
-                                 "top_p": args.top_p, "truncation": args.truncation}.items() if v is not None}
+                                 "top_p": args.top_p, "truncation": args.truncation,
+                                 "clip_guidance": args.clip_guidance, "guidance_clip": args.guidance_clip}.items() if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
     accepted = inspect.signature(model.generate).parameters
@@ -302,8 +328,17 @@ def cmd_generate(args) -> None:
                          "split the prompts into several runs")
     # Image k gets seed + k, so a run's bytes do not depend on the batch size.
     jobs = [(p, args.seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.num_images))]
+    if scorer is not None:
+        from trilemma.clip.rerank import CANDIDATE_STRIDE
+        from trilemma.model import check_option
+
+        try:
+            check_option("seed", jobs[-1][1] + (args.rerank - 1) * CANDIDATE_STRIDE)
+        except ValueError:
+            raise ValueError(f"--seed {args.seed} is too large for --rerank {args.rerank} (candidate j of image k uses seed "
+                             f"--seed + k + j x {CANDIDATE_STRIDE:,}); use a smaller --seed") from None
     with FolderLock(out, "trilemma generate"):
-        done = _finished_rows(out, jobs) if args.resume else []
+        done = _finished_rows(out, jobs, args.rerank) if args.resume else []
         meta = out / "metadata.jsonl"
         # metadata.jsonl grows batch by batch, flushed: an interrupted run leaves images that it names, and
         # `--resume` carries on from the first job it does not name.
@@ -312,11 +347,21 @@ def cmd_generate(args) -> None:
                            enabled=len(jobs) - len(done) > args.batch_size)
             for start in bar:
                 chunk = jobs[start:start + args.batch_size]
-                batch = model.generate([p for p, _ in chunk], seed=chunk[0][1], **options)
-                for k, ((prompt, seed), image) in enumerate(zip(chunk, batch), start=start):
+                rows = [{"file_name": f"{k:06d}.png", "text": prompt, "seed": seed} for k, (prompt, seed) in enumerate(chunk, start=start)]
+                if scorer is None:
+                    batch = model.generate([p for p, _ in chunk], seed=chunk[0][1], **options)
+                else:  # image k's candidate j uses seed --seed + k + j * CANDIDATE_STRIDE; "seed" stays --seed + k
+                    from trilemma.clip.rerank import generate_reranked
+
+                    batch, choices = generate_reranked(model, [p for p, _ in chunk], seed=chunk[0][1], candidates=args.rerank,
+                                                       clip=scorer, **options)
+                    for row, c in zip(rows, choices):
+                        row.update({"rerank": args.rerank, "candidate": c["candidate"], "candidate_seed": c["candidate_seed"],
+                                    "clip_score": round(c["clip_score"], 6)})
+                for k, image in enumerate(batch, start=start):
                     image.save(out / f"{k:06d}.png")
-                for k, (prompt, seed) in enumerate(chunk, start=start):
-                    f.write(json.dumps({"file_name": f"{k:06d}.png", "text": prompt, "seed": seed}) + "\n")
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
                 f.flush()
         shown = [Image.open(out / f"{k:06d}.png") for k in range(min(64, len(jobs)))]
         image_grid(shown, [p for p, _ in jobs[:64]], cols=min(8, len(shown))).save(out / "grid.png")
@@ -324,9 +369,9 @@ def cmd_generate(args) -> None:
     print(f"wrote {len(jobs)} images{resumed}, metadata.jsonl and grid.png to {out}")
 
 
-def _finished_rows(out: Path, jobs: list[tuple[str, int]]) -> list[dict]:
+def _finished_rows(out: Path, jobs: list[tuple[str, int]], rerank: int | None = None) -> list[dict]:
     """The rows of an interrupted run's metadata.jsonl, checked against this run's jobs: a resume must be the
-    same command, or its images would be named for other prompts."""
+    same command, or its images would be named for other prompts (or chosen among another number of candidates)."""
     meta = out / "metadata.jsonl"
     if not meta.is_file():
         return []
@@ -341,6 +386,9 @@ def _finished_rows(out: Path, jobs: list[tuple[str, int]]) -> list[dict]:
                 or not (out / f"{k:06d}.png").is_file():
             raise ValueError(f"{meta} does not continue this command (row {k + 1}: {str(row)[:60]}); resume with the "
                              "same prompts, -n and --seed, or write to a new --out")
+        if row.get("rerank") != rerank:
+            how = f"with --rerank {row['rerank']}" if row.get("rerank") else "without --rerank"
+            raise ValueError(f"{meta} was written {how}; resume with the same --rerank, or write to a new --out")
     meta.write_text("".join(json.dumps(r) + "\n" for r in rows))  # drop a torn last line
     return rows
 
@@ -373,13 +421,15 @@ def cmd_evaluate(args) -> None:
 
         out = Path(args.out or Path("reports/eval") / Path(args.model).name)
         report = evaluate_heldout(args.model, args.data, args.train_data, n=args.n, seed=args.seed, out=out,
-                                  inception_weights=args.inception_weights)
+                                  inception_weights=args.inception_weights, clip=args.clip,
+                                  clip_features=args.features == "clip")
         print(heldout_markdown(report))
         print(f"(report.json, report.md and samples.png in {out})")
         return
 
     out = Path(args.out or Path("reports/eval") / Path(args.model).name)
-    report = evaluate(args.model, args.split, args.n or 500, out, Path(args.cache), args.inception_weights, progress=sys.stderr.isatty())
+    report = evaluate(args.model, args.split, args.n or 500, out, Path(args.cache), args.inception_weights, progress=sys.stderr.isatty(),
+                      clip=args.clip, features=args.features)
     print(report_markdown(report))
     print(f"(report.json and report.md in {out})")
 
@@ -388,7 +438,7 @@ def cmd_compare(args) -> None:
     from trilemma.eval.evaluate import compare
 
     path = compare(args.models, Path(args.out), args.split, args.n, Path(args.cache), reuse=not args.fresh,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), clip=args.clip)
     print(path.read_text())
 
 
@@ -410,7 +460,7 @@ def cmd_score(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from trilemma.registry import DEFAULT_MODEL, model_info, shipped_models
+    from trilemma.registry import DEFAULT_MODEL, model_info, shipped_clips, shipped_models
 
     if args.default:
         print(DEFAULT_MODEL)
@@ -432,6 +482,38 @@ def cmd_models(args) -> None:
                 (f" (n={scores['n_per_split']} per split)" if "n_per_split" in scores else "")
         print(f"{name}{mark}: {info['family']} / {info['model_class']}, {info['size_mb']} MB, "
               f"{scores.get('parameters', 0) / 1e6:.1f}M parameters; {measured}")
+    for name, path in shipped_clips().items():  # the CLIPs that score images (CLIP score, reranking, guidance)
+        try:
+            info = model_info(path)
+        except (OSError, ValueError, KeyError):
+            info = {"size_mb": None}
+        scores = info.get("scores") if isinstance(info.get("scores"), dict) else {}
+        parameters = f", {scores['parameters'] / 1e6:.1f}M parameters" if isinstance(scores.get("parameters"), (int, float)) else ""
+        print(f"{name}: clip / CLIP, {info['size_mb']} MB{parameters}; {_clip_retrieval(scores)}")
+
+
+def _clip_retrieval(scores: dict) -> str:
+    """A CLIP's measured retrieval from its scores.json: recall@k and hard negatives, per split where it has splits."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    def summary(d: dict) -> list[str]:
+        parts = [f"{k.replace('_', ' ')} {v:.3f}" for k, v in d.items() if "recall@" in k and number(v)]
+        hard = d.get("hard_negative")
+        if number(hard):
+            parts.append(f"beats hard negatives {hard:.3f}")
+        elif isinstance(hard, dict):
+            overall = hard.get("overall")
+            overall = overall.get("overall") if isinstance(overall, dict) else overall
+            cats = [f"{c} {v['overall']:.3f}" for c, v in hard.items() if c != "overall" and isinstance(v, dict) and number(v.get("overall"))]
+            if number(overall) or cats:
+                parts.append("beats hard negatives " + (f"{overall:.3f}" if number(overall) else "") +
+                             (f" ({', '.join(cats)})" if cats and number(overall) else ", ".join(cats)))
+        return parts
+
+    pieces = [", ".join(summary(scores))] if summary(scores) else []
+    pieces += [f"{split}: {', '.join(summary(v))}" for split, v in scores.items() if isinstance(v, dict) and summary(v)]
+    return "; ".join(pieces) or "retrieval not measured"
 
 
 def main(argv: list[str] | None = None) -> int:

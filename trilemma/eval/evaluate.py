@@ -1,9 +1,11 @@
 """`trilemma evaluate` and `trilemma compare`: every family measured on one table.
 
 evaluate: for one model, the first N canonical prompts of a split, one sample each (seed = index):
-- alignment: the Shapes scorer's pass rate per category, seen and held-out pairs;
+- alignment: the Shapes scorer's pass rate per category, seen and held-out pairs, and the CLIP score
+  (Hessel et al., 2021; torchmetrics') with a shipped or local CLIP (shapes-clip by default, once shipped);
 - fidelity and diversity: FID, KID, precision, recall, density and coverage against renders of
-  the same N scenes, on the shipped Shapes feature network (or Inception, given its weights);
+  the same N scenes, on the shipped Shapes feature network (or Inception, given its weights, or the CLIP's
+  image embeddings: FD_CLIP);
 - cost: parameters, seconds per image and images per second at batch 1 and at the best batch
   (medians of several runs), network evaluations per image (counted by hooks, not computed from
   settings), peak memory, and the training time the model card records.
@@ -97,6 +99,68 @@ def rescore(report: dict, cache: Path, progress: bool = True) -> dict | None:
 
 def real_renders(split: str, n: int, resolution: int = 64) -> list[Image.Image]:
     return [render(sample_scene(split, i), resolution) for i in range(n)]
+
+
+def default_clip() -> str | None:
+    """The CLIP that evaluate and compare score with when none is named: shapes-clip once it is shipped, else none."""
+    from trilemma.clip import DEFAULT_CLIP
+    from trilemma.registry import shipped_clips
+
+    return DEFAULT_CLIP if DEFAULT_CLIP in shipped_clips() else None
+
+
+def clip_label(source: str | Path) -> str:
+    """How a report names a CLIP: a shipped CLIP by its name, any other by its absolute folder. Raises
+    CLIPLoadError (a ValueError naming the fix) when `source` is not a CLIP."""
+    from trilemma.clip import resolve_clip
+    from trilemma.registry import shipped_clips
+
+    folder = resolve_clip(source)
+    return str(source) if str(source) in shipped_clips() else str(folder.resolve())
+
+
+_WEIGHT_HASHES: dict[tuple, str] = {}
+
+
+def clip_weights_hash(label: str) -> str:
+    """Short hash of a CLIP's model.safetensors: a cached CLIP score from other weights of the same name is stale."""
+    from trilemma.clip import resolve_clip
+
+    path = resolve_clip(label) / "model.safetensors"
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _WEIGHT_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _WEIGHT_HASHES[key] = h.hexdigest()[:12]
+    return _WEIGHT_HASHES[key]
+
+
+def measure_clip_score(images: list[Image.Image], prompts: list[str], label: str) -> dict:
+    """A report's clip_score entry: torchmetrics' CLIP score (100 * max(cos, 0), averaged) of image i with prompt i."""
+    from trilemma.clip import clip_score
+
+    return {"value": clip_score(images, prompts, label), "clip": label, "weights": clip_weights_hash(label), "n": len(images)}
+
+
+def clip_score_current(report: dict, label: str | None) -> bool:
+    """Whether a report's CLIP score was measured with this CLIP (same name and weights) on all its samples."""
+    entry = report.get("clip_score")
+    if label is None or not isinstance(entry, dict):
+        return False
+    return entry.get("clip") == label and entry.get("weights") == clip_weights_hash(label) and entry.get("n") == report["n"]
+
+
+def add_clip_score(report: dict, label: str, cache: Path, progress: bool = True) -> dict:
+    """A cached report with its CLIP score measured on its samples (generating only those the cache lacks);
+    fidelity, alignment and cost are kept."""
+    import trilemma
+
+    model = trilemma.load(report["model"])
+    prompts, images = cached_samples(model, report["model"], report["split"], report["n"], cache, progress=progress)
+    return {**report, "clip_score": measure_clip_score(images, prompts, label)}
 
 
 class EvaluationCounter:
@@ -200,24 +264,40 @@ def training_minutes(name: str) -> float | None:
     return None
 
 
+FEATURES = ("shapes", "clip")
+
+
 def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = None, cache: Path = Path("reports/eval-cache"),
-             inception_weights: str | None = None, k: int = 5, progress: bool = True, with_cost: bool = True) -> dict:
+             inception_weights: str | None = None, k: int = 5, progress: bool = True, with_cost: bool = True,
+             clip: str | Path | None = None, features: str = "shapes") -> dict:
+    """clip: the CLIP of the CLIP score (and of features="clip"): a shipped CLIP's name or a local CLIP folder;
+    None: shapes-clip when shipped, else no CLIP score (the report says null). features: "shapes" (the Shapes
+    feature network, or Inception given its weights) or "clip" (the CLIP's image embeddings: FD_CLIP)."""
     import trilemma
     from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
 
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+    if features == "clip" and inception_weights:
+        raise ValueError("--inception-weights and --features clip name two feature spaces; give one")
+    label = clip_label(clip) if clip is not None else default_clip()  # a bad CLIP fails here, before any sampling
+    if features == "clip" and label is None:
+        raise ValueError("--features clip needs a CLIP: give --clip NAME_OR_DIR (a local transformers CLIP folder), "
+                         "or ship shapes-clip")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = require_generator(trilemma.load(name), name)
     prompts, images = cached_samples(model, name, split, n, cache, progress=progress)
     alignment = score_samples(prompts, images)
-    network = load_feature_network(inception_weights)
+    network = load_feature_network(inception_weights, clip=label if features == "clip" else None)
     real = real_renders(split, n, model.resolution)
     fidelity = fid_kid(network, real, images)
     if not isinstance(network, dict):
         fidelity.update(precision_recall_density_coverage(extract(network, real), extract(network, images), k))
     report = {"model": name, "family": model.family, "model_class": type(model).__name__, "split": split, "n": n,
-              "features": "inception-v3" if inception_weights else "shapes-features", "alignment": alignment,
-              "pass_rate": alignment["overall"]["pass_rate"], "scorer_version": SCORER_VERSION, "fidelity": fidelity,
-              "training_minutes": training_minutes(name)}
+              "features": f"clip:{label}" if features == "clip" else "inception-v3" if inception_weights else "shapes-features",
+              "alignment": alignment, "pass_rate": alignment["overall"]["pass_rate"], "scorer_version": SCORER_VERSION,
+              "clip_score": measure_clip_score(images, prompts, label) if label is not None else None,
+              "fidelity": fidelity, "training_minutes": training_minutes(name)}
     if with_cost:
         report["cost"] = measure_cost(model, name)
     if out is not None:
@@ -232,6 +312,9 @@ def report_markdown(r: dict) -> str:
     lines = [f"# {r['model']} on `{r['split']}` (n = {r['n']}, one sample per prompt)", "",
              "| category | pass rate | n |", "| --- | --- | --- |"]
     lines += [f"| {k} | {_fmt(v['pass_rate'])} | {v['n']} |" for k, v in a.items() if isinstance(v, dict) and "pass_rate" in v]
+    cs = r.get("clip_score")
+    lines += ["", f"CLIP score: {_fmt(cs['value'], 2)} ({cs['clip']}, n = {cs['n']}; 100 * max(cos, 0), averaged)." if cs
+              else "CLIP score: n/a (no CLIP: give --clip NAME_OR_DIR, or ship shapes-clip)."]
     lines += ["", f"Features: {r['features']}.", "", "| FID | KID | precision | recall | density | coverage |", "| --- | --- | --- | --- | --- | --- |",
               f"| {f['fid']:.2f} | {f['kid']:.4f} | {f.get('precision', float('nan')):.3f} | {f.get('recall', float('nan')):.3f} | "
               f"{f.get('density', float('nan')):.3f} | {f.get('coverage', float('nan')):.3f} |"]
@@ -258,8 +341,10 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cache: Path = Path("reports/eval-cache"),
-            reuse: bool = True, grid_prompts: int = 8, progress: bool = True) -> Path:
-    """evaluate each model (or reuse its cached report), then the table, the plots and the grid."""
+            reuse: bool = True, grid_prompts: int = 8, progress: bool = True, clip: str | Path | None = None) -> Path:
+    """evaluate each model (or reuse its cached report), then the table, the plots and the grid. clip: the CLIP of
+    the CLIP score column (None: shapes-clip when shipped, else the column says n/a); a cached report without a
+    CLIP score of this CLIP gets one from its cached samples, its other numbers kept."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,6 +353,7 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
     import trilemma
     from trilemma.grid import image_grid
 
+    clip_name = clip_label(clip) if clip is not None else default_clip()  # a bad CLIP fails here, before any work
     out.mkdir(parents=True, exist_ok=True)
     reports = []
     for name in names:
@@ -275,17 +361,22 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
         cached = folder / "report.json"
         if reuse and cached.is_file():
             report = json.loads(cached.read_text())
-            if report.get("split") == split and report.get("n") == n:
+            if report.get("split") == split and report.get("n") == n and report.get("features", "shapes-features") == "shapes-features":
+                changed = False
                 if report.get("scorer_version", 1) != SCORER_VERSION:  # pass rates from an older scorer
                     report = rescore(report, cache, progress)
                     if report is None:  # its samples are gone: measure everything again below
-                        reports.append(evaluate(name, split, n, folder, cache, progress=progress))
+                        reports.append(evaluate(name, split, n, folder, cache, progress=progress, clip=clip_name))
                         continue
+                    changed = True
+                if clip_name is not None and not clip_score_current(report, clip_name):  # no CLIP score, or another CLIP's
+                    report, changed = add_clip_score(report, clip_name, cache, progress), True
+                if changed:
                     write_json(cached, report)
                     (folder / "report.md").write_text(report_markdown(report))
                 reports.append(report)
                 continue
-        reports.append(evaluate(name, split, n, folder, cache, progress=progress))
+        reports.append(evaluate(name, split, n, folder, cache, progress=progress, clip=clip_name))
     from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
 
     # The floor: real renders of other scenes of the split against the same reference. FID's estimate is
@@ -294,12 +385,14 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
     reference, others = real_renders(split, n), [render(sample_scene(split, n + i)) for i in range(n)]
     floor = fid_kid(network, reference, others)
     floor.update(precision_recall_density_coverage(extract(network, reference), extract(network, others), 5))
+    # The CLIP score's reference: the real renders with their own prompts (what a model drawing every scene right gets).
+    floor_clip = measure_clip_score(reference, test_prompts(split, n), clip_name) if clip_name is not None else None
     novel_from_card = all(r["alignment"]["novel"]["pass_rate"] is None for r in reports)
     moved = {r["previous_scorer"]["version"] for r in reports if "previous_scorer" in r}  # re-scored: show what moved
     header = ("| model | family | parameters | pass rate | " +
               (f"was (scorer v{'/'.join(map(str, sorted(moved)))}) | " if moved else "") +
               ("`test-novel` (card)" if novel_from_card else "held-out pairs") +
-              " | FID | KID | precision | recall | density | coverage | "
+              " | CLIP score | FID | KID | precision | recall | density | coverage | "
               "images/s (batch 1) | images/s (best) | NFE/image | peak memory | training |")
     rows = [header, "|" + " --- |" * (header.count("|") - 1)]
     for r in reports:
@@ -307,13 +400,14 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
         novel = _card_score(r["model"], "test-novel") if novel_from_card else r["alignment"]["novel"]["pass_rate"]
         was = (_fmt(r.get("previous_scorer", {}).get("pass_rate")) + " | ") if moved else ""
         rows.append(f"| {Path(r['model']).name} | {r['family']} | {c['parameters'] / 1e6:.1f}M | {_fmt(r['pass_rate'])} | {was}"
-                    f"{_fmt(novel)} | {f['fid']:.2f} | {f['kid']:.4f} | {_fmt(f.get('precision'))} | "
+                    f"{_fmt(novel)} | {_fmt(r['clip_score']['value'], 2) if clip_score_current(r, clip_name) else 'n/a'} | {f['fid']:.2f} | {f['kid']:.4f} | {_fmt(f.get('precision'))} | "
                     f"{_fmt(f.get('recall'))} | {_fmt(f.get('density'))} | {_fmt(f.get('coverage'))} | {c['images_per_second_batch1']:.2f} | "
                     f"{c['images_per_second_best']:.2f} | {c['function_evaluations_per_image']} | {c['peak_memory_mib']:.0f} MiB | "
                     f"{r['training_minutes']} min |")
-    rows.append(f"| real renders of other scenes (the floor) | | | | | {'| ' if moved else ''}{floor['fid']:.2f} | {floor['kid']:.4f} | "
+    rows.append(f"| real renders of other scenes (the floor) | | | | | {'| ' if moved else ''}"
+                f"{_fmt(floor_clip['value'], 2) if floor_clip else 'n/a'} | {floor['fid']:.2f} | {floor['kid']:.4f} | "
                 f"{floor['precision']:.3f} | {floor['recall']:.3f} | {floor['density']:.3f} | {floor['coverage']:.3f} | | | | | |")
-    write_json(out / "floor.json", {"split": split, "n": n, **floor})
+    write_json(out / "floor.json", {"split": split, "n": n, **floor, "clip_score": floor_clip})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for r in reports:
         c, f, label = r["cost"], r["fidelity"], Path(r["model"]).name
@@ -345,13 +439,16 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
         images += model.generate(prompts, seed=0)
         captions += [f"{Path(name).name}: {p}" if i == 0 else p for i, p in enumerate(prompts)]
     image_grid(images, captions, cols=grid_prompts).save(out / "samples.png")
-    command = "trilemma compare " + " ".join(names) + f" --split {split} --n {n} --out {out}"
+    command = "trilemma compare " + " ".join(names) + f" --split {split} --n {n} --out {out}" + (f" --clip {clip}" if clip is not None else "")
+    clip_note = (f"CLIP score: torchmetrics' (100 * max(cos, 0), averaged over the prompts) with `{clip_name}`; in the floor row, "
+                 f"the reference renders scored with their own prompts (what a model that drew every scene right would get). "
+                 if clip_name is not None else "CLIP score: n/a, no CLIP is shipped (pass --clip NAME_OR_DIR). ")
     (out / "COMPARE.md").write_text(
         f"# The generative trilemma on Shapes\n\nRegenerate: `{command}`\n\n"
         f"Split `{split}`, {n} prompts, one sample per prompt (seed = index); FID and friends against renders of the "
         f"same scenes on the shipped Shapes feature network; speed on this machine ({torch.get_num_threads()} threads). "
         f"The last row is the floor: renders of {n} other scenes against the same reference (FID is biased upward at finite n). "
         f"Peak memory: RSS of a fresh process that loads the model and draws batch {max(BATCHES)}; NFE: rows through the "
-        f"core network (U-Net, GPT or generator) per image, guided pairs counted twice.\n\n"
+        f"core network (U-Net, GPT or generator) per image, guided pairs counted twice. {clip_note}\n\n"
         + "\n".join(rows) + "\n\n![trilemma](trilemma.png)\n\n![samples: one row per model, same prompts and seeds](samples.png)\n")
     return out / "COMPARE.md"

@@ -17,8 +17,15 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 
-def load_feature_network(inception_weights: str | None = None):
-    """The shipped Shapes feature network, or Inception-v3 (FID's standard) from a local weights file."""
+def load_feature_network(inception_weights: str | None = None, clip: str | Path | None = None):
+    """The shipped Shapes feature network, Inception-v3 (FID's standard) from a local weights file, or the image
+    tower of a CLIP (a shipped CLIP's name or a local CLIP folder: FD_CLIP)."""
+    if clip is not None:
+        from trilemma.clip import load_clip
+
+        if inception_weights:
+            raise ValueError("--inception-weights and --features clip name two feature spaces; give one")
+        return CLIPFeatures(load_clip(clip))
     if inception_weights:
         try:
             import torch_fidelity  # noqa: F401
@@ -36,6 +43,28 @@ def load_feature_network(inception_weights: str | None = None):
         raise ValueError(f"the Shapes feature network ({folder}) is not shipped; "
                          "train it with trilemma train configs/shapes-features.json")
     return ShapesFeatureNet.from_pretrained(folder).eval()
+
+
+class CLIPFeatures(torch.nn.Module):
+    """uint8 images (B, 3, H, W) -> a CLIP's image embeddings, as torchmetrics feeds its feature extractor: FD_CLIP
+    (Kynkaanniemi et al., 2023, "The Role of ImageNet Classes in Frechet Inception Distance") and KID, precision,
+    recall, density and coverage in the same space.
+
+    The features are the projected image embeddings *before* normalisation (get_image_features, the output of
+    the visual projection), as clean-fid's FD_CLIP takes them (encode_image, unnormalised): the norm carries
+    information that the unit sphere would drop, and FID's Gaussian fit is meant for an unconstrained space."""
+
+    def __init__(self, scorer):
+        super().__init__()
+        self.scorer = scorer
+        self.num_features = int(scorer.model.config.projection_dim)  # what torchmetrics reads to size its statistics
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from trilemma.clip import _features
+
+        pixels = self.scorer.pixel_values(images.float() / 127.5 - 1.0)
+        return _features(self.scorer.model.get_image_features(pixel_values=pixels)).double()
 
 
 def to_uint8_tensor(images: list[Image.Image], resolution: int | None = None) -> torch.Tensor:

@@ -10,6 +10,10 @@ was trained in. Numbers from different feature spaces are not comparable, so the
 and carries two references measured in the same space: the training images against the held-out ones (what
 a model that reproduced its training set would score) and the held-out images against themselves shuffled
 into noise (what structure-free images score). With a few hundred images FID is biased upwards; KID is not.
+With `--features clip --clip DIR` the space is that CLIP's image embeddings (FD_CLIP).
+
+CLIP score only with a CLIP named explicitly (`--clip`): the default Shapes CLIP says nothing about your images.
+It comes with its reference, the held-out images scored with their own captions.
 """
 
 from __future__ import annotations
@@ -61,20 +65,32 @@ def _metrics(network, real: list[Image.Image], fake: list[Image.Image]) -> dict:
 
 def evaluate_heldout(model_name: str, heldout: str | Path, train: str | Path | None = None, n: int | None = None,
                      seed: int = 0, out: Path | None = None, inception_weights: str | None = None,
-                     batch_size: int = 32) -> dict:
+                     batch_size: int = 32, clip: str | Path | None = None, clip_features: bool = False) -> dict:
+    """clip: a CLIP (shipped name or local folder) for the CLIP score, measured only when given; clip_features:
+    FID and friends on that CLIP's image embeddings instead of thumbnails or Inception."""
     import trilemma
+    from trilemma.eval.evaluate import clip_label, measure_clip_score
     from trilemma.eval.fidelity import load_feature_network
     from trilemma.grid import image_grid
 
+    if clip_features and clip is None:
+        raise ValueError("--features clip with --data needs --clip NAME_OR_DIR (a CLIP that knows your images)")
+    if clip_features and inception_weights:
+        raise ValueError("--inception-weights and --features clip name two feature spaces; give one")
+    label = clip_label(clip) if clip is not None else None  # a bad CLIP fails before any sampling
     model = require_generator(trilemma.load(model_name), model_name)
     real, captions = folder_images(heldout, model.resolution, n, seed)
     fake = []
     for start in range(0, len(captions), batch_size):
         fake += model.generate(captions[start:start + batch_size], seed=seed + start)
-    network = load_feature_network(inception_weights) if inception_weights else ThumbnailFeatures()
+    network = load_feature_network(inception_weights, clip=label if clip_features else None) \
+        if inception_weights or clip_features else ThumbnailFeatures()
     report = {"model": str(model_name), "heldout": str(heldout), "n": len(real), "seed": seed,
-              "features": "inception-v3" if inception_weights else f"{THUMBNAIL}x{THUMBNAIL} colour thumbnails",
+              "features": f"clip:{label}" if clip_features else "inception-v3" if inception_weights else f"{THUMBNAIL}x{THUMBNAIL} colour thumbnails",
               "generated": _metrics(network, real, fake), "references": {}}
+    if label is not None:
+        report["clip_score"] = {**measure_clip_score(fake, captions, label),
+                                "heldout_images": measure_clip_score(real, captions, label)["value"]}
     if train is not None:
         train_images, _ = folder_images(train, model.resolution, len(real), seed)
         report["references"]["training images"] = _metrics(network, real, train_images)
@@ -98,5 +114,9 @@ def heldout_markdown(r: dict) -> str:
     rows = [("generated from their captions", r["generated"])] + list(r["references"].items())
     for name, m in rows:
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
+    cs = r.get("clip_score")
+    if cs:
+        lines += ["", f"CLIP score ({cs['clip']}): generated {cs['value']:.2f}; the held-out images with their own captions "
+                      f"{cs['heldout_images']:.2f}."]
     return "\n".join(lines) + "\n"
 
