@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+MIN_ALPHA_BAR = 1e-3  # decoded_clip_guide steers only where x0_hat says something (alpha_bar_t at least this)
+
 Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -49,9 +51,14 @@ def decoded_clip_guide(clip, decode: Callable[[torch.Tensor], torch.Tensor], pro
     text = clip.embed_text(prompts).detach()
 
     def grad(x_t: torch.Tensor, t, alpha_bar: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+        if float(alpha_bar.max()) < MIN_ALPHA_BAR:
+            # Near pure noise x0_hat is the model's mean guess, and 1 / sqrt(alpha_bar) explodes (a zero-terminal-SNR
+            # schedule reaches alpha_bar ~ 1e-9 at its first step): no guidance there.
+            return torch.zeros_like(x_t)
         with torch.enable_grad():
             x0 = x0_hat.detach().requires_grad_(True)
-            sim = (clip.embed_images(decode(x0).clamp(-1, 1)) * text.to(x0.device)).sum()
+            # No clamp on the decoded image: clamping kills the gradient wherever a pixel overshoots.
+            sim = (clip.embed_images(decode(x0)) * text.to(x0.device)).sum()
             (g,) = torch.autograd.grad(sim, x0)
         return scale * g / alpha_bar.sqrt()
 
