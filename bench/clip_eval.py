@@ -1,6 +1,7 @@
 """What a CLIP has learnt on Shapes: retrieval and hard negatives, on `test` and `test-novel`.
 
     python bench/clip_eval.py --clip runs/shapes-clip/final --n 500 --out reports/shapes-clip-eval.json
+    python bench/clip_eval.py --noise-aware runs/shapes-clip-noised-16/final --n 500 --out reports/shapes-clip-noised-16-eval.json
 
 For the first N scenes of each split (renders at 64 px, canonical prompts):
 - text-to-image recall@1: each prompt retrieves its own image among the N images (ties and scenes
@@ -11,6 +12,8 @@ For the first N scenes of each split (renders at 64 px, canonical prompts):
   prompt's hard negative (relation flipped, colors swapped between objects, count or one attribute
   changed; `trilemma.shapes.negatives`), per category. Chance is 0.5.
 Recall at N = 500 is a harder test than at a batch of 128; the number of candidates is in the output.
+With --noise-aware, the same for a noise-aware CLIP (`trilemma.clip.noise_aware`) reading the renders at its
+resolution, noised to timesteps 0, 250, 500, 750 and 900 of its schedule (the noise drawn from a fixed seed).
 """
 
 import argparse
@@ -58,14 +61,50 @@ def evaluate_clip(source: str, split: str, n: int, seed: int = 0) -> dict:
             "image_to_text_recall@1_by_category": {k: float(np.mean(v["i2t"])) for k, v in sorted(by_cat.items())}}
 
 
+@torch.no_grad()
+def evaluate_noise_aware(source: str, split: str, n: int, timesteps=(0, 250, 500, 750, 900), seed: int = 0) -> dict:
+    import torch.nn.functional as F
+
+    from trilemma.clip import load_noise_aware_clip
+    from trilemma.model import TrainableModel
+
+    model = TrainableModel.from_pretrained(source) if Path(source).is_dir() else load_noise_aware_clip(source, 16)
+    data = ShapesDataset(split, 64, seed, paraphrase=False)
+    scenes = [data.scene(i) for i in range(n)]
+    prompts = [s.prompt for s in scenes]
+    rng = np.random.default_rng([seed, 3])
+    texts = model.embed_text(prompts)
+    negatives = model.embed_text([hard_negative(s, rng).prompt for s in scenes])
+    x0 = F.interpolate(torch.stack([data[i]["pixel_values"] for i in range(n)]), size=(model.resolution,) * 2, mode="area")
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    same = np.array([[a == b for b in prompts] for a in prompts])
+    out = {"n": n, "clip": model.config.clip}
+    for t in timesteps:
+        x_t = model.noise_scheduler.add_noise(x0, noise, torch.full((n,), t, dtype=torch.long))
+        images = torch.cat([model.embed_noisy_images(x_t[i:i + 100], torch.full((len(x_t[i:i + 100]),), t)) for i in range(0, n, 100)])
+        sim = images @ texts.T
+        wins = ((images * texts).sum(-1) > (images * negatives).sum(-1)).numpy()
+        cats = {}
+        for s, w in zip(scenes, wins):
+            cats.setdefault(s.category, []).append(w)
+        out[f"t={t}"] = {"image_to_text_recall@1": float(np.mean([same[i, int(sim[i].argmax())] for i in range(n)])),
+                         "hard_negative": {**{k: float(np.mean(v)) for k, v in sorted(cats.items())}, "overall": float(wins.mean())}}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clip", default="shapes-clip")
+    ap.add_argument("--noise-aware", help="evaluate this noise-aware CLIP (a folder or shipped name) instead")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     result = {"clip": args.clip, "command": "python bench/clip_eval.py " + " ".join(sys.argv[1:])}
     for split in ("test", "test-novel"):
+        if args.noise_aware:
+            result[split] = evaluate_noise_aware(args.noise_aware, split, args.n)
+            print(split, json.dumps({k: v for k, v in result[split].items() if k.startswith("t=")}))
+            continue
         result[split] = evaluate_clip(args.clip, split, args.n)
         r = result[split]
         print(f"{split}: t2i R@1 {r['text_to_image_recall@1']:.3f}, i2t R@1 {r['image_to_text_recall@1']:.3f}, "
