@@ -41,3 +41,21 @@ def test_shapes_clip_prefers_the_caption_to_its_hard_negative():
     own = clip.similarity(images, [s.prompt for s in scenes])
     other = clip.similarity(images, [hard_negative(s, rng).prompt for s in scenes])
     assert float((own > other).float().mean()) >= 0.8  # measured on 500: see the card
+
+
+def test_rerank_and_clip_guidance_on_the_shipped_models_from_the_cli(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    code, out, err = run_cli("generate", "a red circle above a blue square", "--model", "shapes-dfgan", "--rerank", "8",
+                             "--out", tmp_path / "rerank")
+    assert code == 0, err
+    row = json.loads((tmp_path / "rerank" / "metadata.jsonl").read_text().splitlines()[0])
+    assert row["rerank"] == 8 and 0 <= row["candidate"] < 8 and -1 <= row["clip_score"] <= 1
+    # GLIDE's CLIP guidance: the cascade with the shipped noise-aware CLIP, the latent model with shapes-clip.
+    for model in ("shapes-imagen", "shapes-ldm-f8"):
+        code, out, err = run_cli("generate", "two green squares", "--model", model, "--steps", "3", "--clip-guidance", "100",
+                                 "--out", tmp_path / model)
+        assert code == 0, err
+        assert (tmp_path / model / "000000.png").is_file()
