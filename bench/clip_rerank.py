@@ -19,7 +19,12 @@ N = 1, 2, 4, 8, 16. Per N and model:
   extra candidate is one more batched generate call and one more CLIP batch). The CLIP share of a candidate's
   cost is timed apart. The JSON marks each figure "measured" or "derived".
 
-Writes OUT/results.json, OUT/table.md (the model x N table) and OUT/examples.png (for 4 prompts of one model, the
+Also, per category, CLIP's pairwise accuracy as a judge: over the pairs of candidates of one prompt that the Shapes
+scorer splits (one passes, one fails), the share CLIP ranks the right way round (0.5: chance); and what the failing
+candidates get wrong: the share that fail on the relation alone (right objects, wrong places) rather than on the objects.
+
+Writes OUT/results.json, OUT/candidates.json (every candidate's CLIP score and verdict), OUT/table.md (the model x N
+table) and OUT/examples.png (for 4 prompts of one model, the
 first 8 candidates with their CLIP scores, the chosen one framed).
 """
 
@@ -82,14 +87,29 @@ def draw_candidates(model, name: str, prompts: list[str], max_n: int, cache: Pat
     return cands
 
 
-def score_candidates(prompts: list[str], cands: list[list[Image.Image]], scorer) -> tuple[list[list[bool]], list[list[float]]]:
-    """(passed[k][j] by the Shapes scorer, clip[k][j] CLIP cosine with prompt k)."""
-    passed = [[bool(score_image(im, parse_prompt(p)).passed) for im in row] for p, row in zip(prompts, cands)]
+def score_candidates(prompts: list[str], cands: list[list[Image.Image]], scorer) -> tuple[list[list[bool]], list[list[float]], list[list[str]]]:
+    """(passed[k][j] by the Shapes scorer, clip[k][j] CLIP cosine with prompt k, reasons[k][j] the scorer's reason)."""
+    verdicts = [[score_image(im, parse_prompt(p)) for im in row] for p, row in zip(prompts, cands)]
+    passed = [[bool(v.passed) for v in row] for row in verdicts]
+    reasons = [[v.reason for v in row] for row in verdicts]
     clip = [[] for _ in prompts]
     for j in range(len(cands[0])):
         for k, s in enumerate(clip_scores(scorer, [row[j] for row in cands], prompts)):
             clip[k].append(s)
-    return passed, clip
+    return passed, clip, reasons
+
+
+def failure_kinds(prompts: list[str], passed: list[list[bool]], reasons: list[list[str]]) -> dict:
+    """Per category, over every candidate: how many fail, and the share of those whose only fault is the relation
+    (the scorer found the right objects, placed wrongly) rather than the objects (missing, extra, merged, wrong
+    color, shape, size or count)."""
+    out = {}
+    for category in (*CATEGORIES, "overall"):
+        kinds = [r.startswith("relation") for p, row_p, row_r in zip(prompts, passed, reasons)
+                 if category == "overall" or parse_prompt(p).category == category
+                 for f, r in zip(row_p, row_r) if not f]
+        out[category] = {"failed": len(kinds), "relation_only": sum(kinds) / len(kinds) if kinds else None}
+    return out
 
 
 def _rates(prompts: list[str], flags: list[bool]) -> dict:
@@ -116,13 +136,33 @@ def rerank_table(prompts: list[str], passed: list[list[bool]], clip: list[list[f
     return out
 
 
+def clip_pairwise_accuracy(prompts: list[str], passed: list[list[bool]], clip: list[list[float]]) -> dict:
+    """CLIP as a judge, per category: over every pair of candidates of the same prompt where the Shapes scorer passes
+    one and fails the other, the share where CLIP scores the passing one higher (ties count half); 0.5 is chance.
+    `pairs` says how many such pairs there were."""
+    out = {}
+    for category in (*CATEGORIES, "overall"):
+        right = pairs = 0.0
+        for prompt, row_p, row_c in zip(prompts, passed, clip):
+            if category != "overall" and parse_prompt(prompt).category != category:
+                continue
+            for a in (j for j, f in enumerate(row_p) if f):
+                for b in (j for j, f in enumerate(row_p) if not f):
+                    pairs += 1
+                    right += 1.0 if row_c[a] > row_c[b] else 0.5 if row_c[a] == row_c[b] else 0.0
+        out[category] = {"accuracy": right / pairs if pairs else None, "pairs": int(pairs)}
+    return out
+
+
 def benchmark_model(model, name: str, prompts: list[str], scorer, ns=NS, cache: Path = Path("reports/eval-cache/rerank"),
                     batch_size: int = 50, log=print, **options) -> dict:
     """The core of the benchmark for one model: draw max(ns) candidates per prompt (cached), score them, and
     tabulate every N. Also returns the per-prompt scores (for the examples sheet and for checks)."""
     cands = draw_candidates(model, name, prompts, max(ns), cache, batch_size, log=log, **options)
-    passed, clip = score_candidates(prompts, cands, scorer)
-    return {"rates": rerank_table(prompts, passed, clip, ns), "passed": passed, "clip": clip, "candidates": cands}
+    passed, clip, reasons = score_candidates(prompts, cands, scorer)
+    return {"rates": rerank_table(prompts, passed, clip, ns), "clip_pairwise": clip_pairwise_accuracy(prompts, passed, clip),
+            "failures": failure_kinds(prompts, passed, reasons),
+            "passed": passed, "clip": clip, "candidates": cands}
 
 
 def _seconds(fn, repeats: int = 1) -> float:
@@ -244,7 +284,7 @@ def main(argv=None):
                "clip": {"source": args.clip, "folder": str(scorer.folder), "sha256": sha256(scorer.folder / "model.safetensors")},
                "scorer_version": SCORER_VERSION, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                "torch": torch.__version__, "platform": platform.platform(), "models": {}}
-    per_model = {}
+    per_model, per_prompt = {}, {}
     for name in names:
         t0 = time.perf_counter()
         print(f"{name}: drawing/reading {max(NS)} candidates x {args.n} prompts", flush=True)
@@ -252,7 +292,8 @@ def main(argv=None):
         r = benchmark_model(model, name, prompts, scorer, NS, Path(args.cache), args.batch_size,
                             log=lambda m: print(m, flush=True))
         per_model[name] = r
-        entry = {"model_key": model_key(model, name), "rates": r["rates"]}
+        entry = {"model_key": model_key(model, name), "rates": r["rates"], "clip_pairwise": r["clip_pairwise"],
+                 "failures": r["failures"]}
         if args.time_prompts:
             print(f"{name}: timing generate_reranked at N={min(NS)} and N={max(NS)} on {args.time_prompts} prompts", flush=True)
             entry["timing"] = time_reranking(model, scorer, prompts[:args.time_prompts], NS)
@@ -260,6 +301,9 @@ def main(argv=None):
         print(name, json.dumps({n: (round(v["clip_choice"]["overall"], 3), round(v["oracle"]["overall"], 3))
                                 for n, v in r["rates"].items()}), f"({time.perf_counter() - t0:.0f} s)", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # after each model: partial results
+        per_prompt[name] = {"passed": [[int(f) for f in row] for row in r["passed"]],
+                            "clip": [[round(c, 5) for c in row] for row in r["clip"]]}
+        (out / "candidates.json").write_text(json.dumps({"prompts": prompts, "models": per_prompt}) + "\n")
         del model
     (out / "table.md").write_text(markdown_table(results))
     ex = args.examples_model or max(per_model, key=lambda m: sum(0 < sum(row[:8]) < 8 for row in per_model[m]["passed"]))

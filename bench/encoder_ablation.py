@@ -53,12 +53,17 @@ def main():
         model = trilemma.load(final)
         encoder = model.config.text_encoder[0] if isinstance(model.config.text_encoder, list) else model.config.text_encoder
         training = json.loads((final / "training.json").read_text())
-        results[f"{run}|{args.n}"] = {"run": run, "text_encoder": encoder, "steps": training["step"],
+        cell = {"run": run, "text_encoder": encoder, "steps": training["step"],
                                       "train_minutes": round(training["train_seconds"] / 60, 1),
                                       **{split: score(model, split, args.n) for split in ("test", "test-novel")},
                                       "scorer_version": SCORER_VERSION}
+        # Re-read before writing: one process per arm may share the file.
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[f"{run}|{args.n}"] = cell
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(run, {s: results[f"{run}|{args.n}"][s]["overall"]["pass_rate"] for s in ("test", "test-novel")}, flush=True)
+    if not all(f"{run}|{args.n}" in results for run in args.runs):
+        return  # another process scores the other arms; the last one to finish writes the table
     lines = ["| base's text encoder | split | " + " | ".join(CATEGORIES) + " | overall | steps | wall minutes |",
              "| --- | --- |" + " --- |" * (len(CATEGORIES) + 3)]
     for run in args.runs:
