@@ -53,6 +53,8 @@ def main():
     ap.add_argument("--tune-n", type=int, default=64)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--splits", nargs="+", default=["test", "test-novel"])
+    ap.add_argument("--time", type=int, default=0, metavar="B",
+                    help="also time each arm on a batch of B test prompts, back to back (run on an idle machine)")
     ap.add_argument("--guidance-clip", default=None, help="the guiding CLIP (default: the model's default)")
     ap.add_argument("--out", type=Path, default=Path("reports/clip-guidance"))
     args = ap.parse_args()
@@ -87,6 +89,22 @@ def main():
             f"classifier-free only (w = {cfg_scale:g})": {"guidance_scale": cfg_scale},
             f"CLIP only (scale {tuned['clip only']:g})": {"guidance_scale": 1.0, "clip_guidance": tuned["clip only"]},
             f"both (w = {cfg_scale:g}, CLIP {tuned['both']:g})": {"guidance_scale": cfg_scale, "clip_guidance": tuned["both"]}}
+    if args.time:
+        # Seconds per image of each arm measured back to back in this process, on an otherwise idle machine: the
+        # cells' own times were taken while other jobs shared the cores, and are not comparable with each other.
+        prompts = test_prompts("test", args.time)
+        timing = {}
+        for arm, options in arms.items():
+            model.generate(prompts[:2], seed=0, **options, **extra)  # warm-up (loads the guiding CLIP)
+            t0 = time.perf_counter()
+            model.generate(prompts, seed=0, **options, **extra)
+            timing[arm] = (time.perf_counter() - t0) / len(prompts)
+        fresh = json.loads(path.read_text()) if path.exists() else {}
+        fresh[f"{name}|timing|{args.time}|{torch.get_num_threads()} threads"] = timing
+        path.write_text(json.dumps(fresh, indent=2) + "\n")
+        cells.update(fresh)
+    timing = next((v for k, v in cells.items() if k.startswith(f"{name}|timing|")), None)
+    timing_key = next((k for k in cells if k.startswith(f"{name}|timing|")), None)
     rows = {}
     for arm, options in arms.items():
         key = "arm " + json.dumps(options, sort_keys=True)
@@ -99,12 +117,15 @@ def main():
         lines.append(f"| w = {g:g} | " + " | ".join(
             f"{cells[f'{name}|tune g={g} clip={s}|train|{args.tune_n}|{json.dumps(extra, sort_keys=True)}']['pass_rate']:.3f}"
             for s in args.scales) + " |")
-    lines += ["", f"First {args.n} prompts of each split, one sample per prompt:", "",
-              "| arm | `test` | `test-novel` | position (`test`) | s/image (batch 50) |", "| --- | --- | --- | --- | --- |"]
+    when = (f"s/image: batch {timing_key.split('|')[2]}, each arm back to back on an idle machine, "
+            f"{timing_key.split('|')[3]}") if timing else "s/image: from the cells (machine shared with other jobs)"
+    lines += ["", f"First {args.n} prompts of each split, one sample per prompt; {when}:", "",
+              "| arm | `test` | `test-novel` | position (`test`) | s/image |", "| --- | --- | --- | --- | --- |"]
     for arm, r in rows.items():
         novel = f"{r['test-novel']['pass_rate']:.3f}" if "test-novel" in r else "not run"
+        seconds = timing[arm] if timing else r["test"]["seconds_per_image"]
         lines.append(f"| {arm} | {r['test']['pass_rate']:.3f} | {novel} | "
-                     f"{r['test']['by_category'].get('position', float('nan')):.3f} | {r['test']['seconds_per_image']:.3f} |")
+                     f"{r['test']['by_category'].get('position', float('nan')):.3f} | {seconds:.3f} |")
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
