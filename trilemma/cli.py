@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--output-dir")
     tr.add_argument("--max-minutes", type=float)
     tr.add_argument("--text-encoder", metavar="PATH",
-                    help="a frozen pretrained text encoder: a local T5, CLIP or BERT folder, or 'all-minilm-l6-v2'")
+                    help="a frozen pretrained text encoder: a local T5, CLIP or BERT folder, 'all-minilm-l6-v2', or a shipped CLIP's name (shapes-clip: its text tower)")
 
     gen = sub.add_parser("generate", help="generate images from prompts")
     gen.add_argument("prompt", nargs="*")
