@@ -23,7 +23,6 @@ and torchmetrics' `CLIPScore` load it offline.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,8 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trilemma.clip.contrastive import contrastive_loss
 from trilemma.config import parse_config
 from trilemma.model import TrainableModel
+from trilemma.shapes.negatives import maybe_with_hard_negatives
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -167,31 +168,12 @@ class CLIP(TrainableModel):
         dataset = super().prepare_training(config, device)
         if self.tokenizer is None:
             self.set_tokenizer(learn_tokenizer(training_captions(dataset, 20000), self.config.vocab_size, self.config.max_length))
-        use = self.config.hard_negatives
-        has_scenes = hasattr(dataset, "scene")
-        if use and not has_scenes:
-            raise ValueError("hard negatives are made from Shapes scenes; train on Shapes data, or set hard_negatives to false")
-        if use or (use is None and has_scenes):
-            from trilemma.shapes.negatives import with_hard_negatives
-
-            dataset = with_hard_negatives(dataset)
-        return dataset
+        return maybe_with_hard_negatives(dataset, self.config.hard_negatives)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         images = self.embed_images(batch["pixel_values"])
         texts = self.embed_text(batch["text"] + batch.get("negative_text", []))
-        # CLIP's learned temperature, clipped so the logits are at most 100x the cosine similarities (as in the paper).
-        scale = self.clip.logit_scale.clamp(max=math.log(100.0)).exp()
-        b = images.shape[0]
-        target = torch.arange(b, device=images.device)
-        image_to_text = scale * images @ texts.T  # (B, B or 2B): a hard negative counts against its image only
-        text_to_image = scale * texts[:b] @ images.T
-        loss = (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target)) / 2
-        with torch.no_grad():
-            acc = (image_to_text[:, :b].argmax(1) == target).float().mean()
-            hard = (image_to_text[target, target] > image_to_text[target, target + b]).float().mean() \
-                if image_to_text.shape[1] > b else torch.tensor(float("nan"))
-        return {"loss": loss, "retrieval": acc, "beats_hard_negative": hard, "temperature": 1 / scale.detach()}
+        return contrastive_loss(images, texts, self.clip.logit_scale)
 
     def preview(self, prompts, seed=0):  # a CLIP draws nothing; the loop's sample grid is skipped
         return [], []

@@ -21,15 +21,16 @@ sampler takes a gradient function, `trilemma.diffusion.guidance` builds one from
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trilemma.clip.contrastive import contrastive_loss
 from trilemma.config import parse_config
 from trilemma.model import TrainableModel
+from trilemma.shapes.negatives import maybe_with_hard_negatives
 
 
 @dataclass
@@ -116,23 +117,12 @@ class NoiseAwareCLIP(TrainableModel):
         return F.normalize(self.vision.visual_projection(vm.post_layernorm(h[:, 0])), dim=-1)
 
     # --- training -----------------------------------------------------------------
-    def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
-        params = [p for p in self.parameters() if p.requires_grad]
-        return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
-
     def prepare_training(self, config, device):
         from trilemma.data.sources import build_dataset, parse_data_config
 
         data = parse_data_config(config.data, resolution=64)
         dataset = build_dataset(data, config.seed)
-        use, has_scenes = self.config.hard_negatives, hasattr(dataset, "scene")
-        if use and not has_scenes:
-            raise ValueError("hard negatives are made from Shapes scenes; train on Shapes data, or set hard_negatives to false")
-        if use or (use is None and has_scenes):
-            from trilemma.shapes.negatives import with_hard_negatives
-
-            dataset = with_hard_negatives(dataset)
-        return dataset
+        return maybe_with_hard_negatives(dataset, self.config.hard_negatives)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         pixels = batch["pixel_values"]
@@ -144,16 +134,7 @@ class NoiseAwareCLIP(TrainableModel):
         x_t = self.noise_scheduler.add_noise(x0, torch.randn_like(x0), t)
         images = self.embed_noisy_images(x_t, t)
         texts = self.embed_text(batch["text"] + batch.get("negative_text", []))
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        target = torch.arange(b, device=x0.device)
-        image_to_text = scale * images @ texts.T
-        text_to_image = scale * texts[:b] @ images.T
-        loss = (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target)) / 2
-        with torch.no_grad():
-            acc = (image_to_text[:, :b].argmax(1) == target).float().mean()
-            hard = (image_to_text[target, target] > image_to_text[target, target + b]).float().mean() \
-                if image_to_text.shape[1] > b else torch.tensor(float("nan"))
-        return {"loss": loss, "retrieval": acc, "beats_hard_negative": hard}
+        return contrastive_loss(images, texts, self.logit_scale)
 
     def preview(self, prompts, seed=0):
         return [], []

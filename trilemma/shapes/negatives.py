@@ -57,3 +57,12 @@ def with_hard_negatives(dataset) -> torch.utils.data.Dataset:
     if not hasattr(getattr(dataset, "dataset", dataset), "scene"):  # a cache of encodings: what it encoded
         raise ValueError("hard negatives are made from Shapes scenes; train on Shapes data, or set hard_negatives to false")
     return _WithHardNegatives(dataset)
+
+
+def maybe_with_hard_negatives(dataset, setting: bool | None):
+    """`dataset` with hard negatives when `setting` is True, or None on Shapes data (the only data that makes them);
+    as it is when False, or None elsewhere. True on other data is refused with the fix."""
+    has_scenes = hasattr(dataset, "scene")
+    if setting and not has_scenes:
+        raise ValueError("hard negatives are made from Shapes scenes; train on Shapes data, or set hard_negatives to false")
+    return with_hard_negatives(dataset) if setting or (setting is None and has_scenes) else dataset

@@ -4,7 +4,7 @@ DF-GAN (and AttnGAN before it) conditions on a sentence vector from a text encod
 DAMSM (Xu et al., 2018, "AttnGAN"): text and image encoders trained so that a caption scores its
 own image above the other images of the batch. This is the sentence-level half of that objective
 (the word-level attention half is left out: DF-GAN reads only the sentence vector), in its
-symmetric InfoNCE form (CLIP, Radford et al., 2021), written by hand since no library ships it.
+symmetric InfoNCE form (CLIP, Radford et al., 2021; the loss lives in `trilemma.clip.contrastive`, shared with the CLIPs).
 
 Why the project needs it: the text encoders trained inside the diffusion models hardly move their
 mean-pooled vector when a prompt says "left" instead of "right" (0.5 apart after whitening, where
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trilemma.clip.contrastive import contrastive_loss
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.model import TrainableModel
@@ -125,17 +126,7 @@ class SentenceMatching(TrainableModel):
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         images = self.embed_latents(batch["latents"])
         texts = self.embed_text(batch["text"] + batch.get("negative_text", []))
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        b = images.shape[0]
-        target = torch.arange(b, device=images.device)
-        image_to_text = scale * images @ texts.T  # (B, B or 2B): hard negatives count against the image only
-        text_to_image = scale * texts[:b] @ images.T
-        loss = (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target)) / 2
-        with torch.no_grad():
-            acc = (image_to_text.argmax(1) == target).float().mean()
-            hard = (image_to_text[target, target] > image_to_text[target, target + b]).float().mean() \
-                if image_to_text.shape[1] > b else torch.tensor(float("nan"))
-        return {"loss": loss, "retrieval": acc, "beats_hard_negative": hard}
+        return contrastive_loss(images, texts, self.logit_scale)
 
 
 @torch.no_grad()
