@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import trilemma
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_seconds  # noqa: E402
+
+import trilemma  # noqa: E402
 from trilemma.clip import DEFAULT_CLIP, load_clip
 from trilemma.clip.rerank import CANDIDATE_STRIDE, best_candidate, clip_scores, draw_candidate, generate_reranked
 from trilemma.eval.evaluate import model_key
@@ -165,15 +167,6 @@ def benchmark_model(model, name: str, prompts: list[str], scorer, ns=NS, cache: 
             "passed": passed, "clip": clip, "candidates": cands}
 
 
-def _seconds(fn, repeats: int = 1) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def time_reranking(model, scorer, prompts: list[str], ns=NS, clip_repeats: int = 5, low_repeats: int = 3, **options) -> dict:
     """Seconds of `generate_reranked` on `prompts` at the smallest N (median of `low_repeats` runs) and the largest
     (one run), measured end to end after one warm-up call; the others derived linearly between them; and the CLIP
@@ -181,10 +174,10 @@ def time_reranking(model, scorer, prompts: list[str], ns=NS, clip_repeats: int =
     lo, hi = min(ns), max(ns)
     generate_reranked(model, prompts[:2], seed=0, candidates=1, clip=scorer, **options)  # warm-up (allocations, lazy init)
     load = {"before": os.getloadavg()[0]}
-    measured = {n: _seconds(lambda n=n: generate_reranked(model, prompts, seed=0, candidates=n, clip=scorer, **options),
-                            low_repeats if n == lo else 1) for n in (lo, hi)}
+    measured = {n: median_seconds(lambda n=n: generate_reranked(model, prompts, seed=0, candidates=n, clip=scorer, **options),
+                                   low_repeats if n == lo else 1, warmup=0) for n in (lo, hi)}
     images = model.generate(prompts, seed=0, **options)
-    clip_s = _seconds(lambda: clip_scores(scorer, images, prompts), clip_repeats)
+    clip_s = median_seconds(lambda: clip_scores(scorer, images, prompts), clip_repeats, warmup=0)
     load["after"] = os.getloadavg()[0]
     per_candidate = (measured[hi] - measured[lo]) / (hi - lo) if hi > lo else None
     rows = {}
