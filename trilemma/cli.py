@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-clip", metavar="NAME_OR_DIR",
                      help="with --clip-guidance: the CLIP that steers (default: shapes-clip-noised-16 for the pixel "
                           "cascade's 16 px base, shapes-clip for latent models)")
+    gen.add_argument("--prior-guidance-scale", type=_option("prior_guidance_scale"),
+                     help="unCLIP: classifier-free guidance of the prior (text -> CLIP image embedding), in [0, 100]")
+    gen.add_argument("--prior-steps", type=_option("prior_steps"), help="unCLIP: the prior's sampling steps")
+    gen.add_argument("--prior-candidates", type=_option("prior_candidates"), metavar="K",
+                     help="unCLIP: draw K image embeddings and keep the one nearest the text embedding (the paper's trick)")
+    gen.add_argument("--conditioning", choices=["image", "text", "caption"],
+                     help="unCLIP: decode the prior's image embedding (default), the CLIP text embedding, or the caption alone")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
     gen.add_argument("--rerank", type=_option("candidates"), metavar="N",
@@ -131,9 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--resume", action="store_true",
                      help="carry on an interrupted run into the same --out (same prompts, -n and --seed)")
 
-    it = sub.add_parser("interpolate", help="GANs: a strip of images from one prompt (and z) to another")
-    it.add_argument("prompt_a")
-    it.add_argument("prompt_b")
+    it = sub.add_parser("interpolate", help="a strip of images from one prompt (and z) to another (GANs), or from one "
+                                            "image to another (unCLIP: --images A.png B.png)")
+    it.add_argument("prompt_a", nargs="?")
+    it.add_argument("prompt_b", nargs="?")
+    it.add_argument("--images", nargs=2, metavar=("A", "B"),
+                    help="unCLIP: interpolate between two images' CLIP image embeddings (slerp), decoded with one seed")
     it.add_argument("--model", required=True)
     it.add_argument("--steps", type=_positive(int, 256), default=8, help="images in the strip (at most 256)")
     it.add_argument("--seed", type=_option("seed"), default=0, help="z of the first end; the second end's z is seed + 1")
@@ -141,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="move the sentence embedding, z (spherically), or both")
     it.add_argument("--truncation", type=_option("truncation"))
     it.add_argument("--out", default="out")
+
+    va = sub.add_parser("vary", help="unCLIP: variations of images (their CLIP image embedding, decoded with other seeds)")
+    va.add_argument("images", nargs="+", metavar="IMAGE")
+    va.add_argument("--model", default="shapes-unclip", help="an unCLIP model: shipped name or folder (default shapes-unclip)")
+    va.add_argument("-n", "--num-images", type=_option("candidates"), default=4, help="variations per image (at most 64)")
+    va.add_argument("--seed", type=_option("seed"), default=0, help="variation k of image i uses seed + i x n + k")
+    va.add_argument("--caption", help="also give the decoder this caption (default: the image embedding alone)")
+    va.add_argument("--steps", type=_option("steps"), help="the decoder's sampling steps")
+    va.add_argument("--guidance-scale", type=_option("guidance_scale"), help="the decoder's classifier-free guidance")
+    va.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
+    va.add_argument("--out", default="out")
 
     ev = sub.add_parser("evaluate", help="alignment, FID/KID, precision/recall/density/coverage and cost of one model")
     ev.add_argument("--model", required=True)
@@ -315,7 +336,10 @@ def cmd_generate(args) -> None:
                                  "threshold_max_value": args.threshold_max_value,
                                  "sr_steps": args.sr_steps, "temperature": args.temperature, "top_k": args.top_k,
                                  "top_p": args.top_p, "truncation": args.truncation,
-                                 "clip_guidance": args.clip_guidance, "guidance_clip": args.guidance_clip}.items() if v is not None}
+                                 "clip_guidance": args.clip_guidance, "guidance_clip": args.guidance_clip,
+                                 "prior_guidance_scale": args.prior_guidance_scale, "prior_steps": args.prior_steps,
+                                 "prior_candidates": args.prior_candidates, "conditioning": args.conditioning}.items()
+               if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
     accepted = inspect.signature(model.generate).parameters
@@ -393,14 +417,83 @@ def _finished_rows(out: Path, jobs: list[tuple[str, int]], rerank: int | None = 
     return rows
 
 
+MAX_VARY_IMAGES = 1000
+
+
+def _read_images(paths: list[str]) -> list:
+    """The images at `paths` as RGB, or one line naming the file that is missing or unreadable."""
+    from trilemma.data.sources import open_image
+
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no image at {path}")
+        images.append(open_image(path, path).convert("RGB"))
+    return images
+
+
+def cmd_vary(args) -> None:
+    import trilemma
+    from trilemma.folders import FolderLock, ensure_writable
+    from trilemma.grid import image_grid
+
+    if len(args.images) > MAX_VARY_IMAGES:
+        raise ValueError(f"{len(args.images)} images is over {MAX_VARY_IMAGES} a run; split them into several runs")
+    sources = _read_images(args.images)  # before the model loads: a bad file costs nothing
+    model = trilemma.load(args.model)
+    if not hasattr(model, "vary"):
+        raise ValueError(f"{args.model} ({type(model).__name__}) draws no variations of images; vary takes an unCLIP "
+                         "model (shapes-unclip)")
+    out = ensure_writable(args.out)
+    options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale}.items() if v is not None}
+    n = args.num_images
+    with FolderLock(out, "trilemma vary"), open(out / "metadata.jsonl", "w") as f:
+        shown, captions = [], []
+        for i, (path, image) in enumerate(zip(args.images, sources)):
+            seed = args.seed + i * n
+            variations = model.vary([image], n=n, seed=seed, caption=args.caption, batch_size=args.batch_size, **options)[0]
+            for k, v in enumerate(variations):
+                name = f"{i * n + k:06d}.png"
+                v.save(out / name)
+                row = {"file_name": name, "source": str(path), "seed": seed + k}
+                if args.caption:
+                    row["text"] = args.caption
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            if i < 8:  # the grid: each source, then its variations
+                shown += [image.resize(variations[0].size)] + variations
+                captions += [Path(path).name] + [f"seed {seed + k}" for k in range(n)]
+    image_grid(shown, captions, cols=n + 1).save(out / "grid.png")
+    print(f"wrote {len(sources) * n} variations, metadata.jsonl and grid.png to {out}")
+
+
 def cmd_interpolate(args) -> None:
     import trilemma
     from trilemma.folders import ensure_writable
     from trilemma.grid import image_grid
 
+    if args.images:
+        if args.prompt_a or args.prompt_b:
+            raise ValueError("give two prompts or --images A B, not both")
+        sources = _read_images(args.images)
+        model = trilemma.load(args.model)
+        if not hasattr(model, "interpolate_images"):
+            raise ValueError(f"{args.model} ({type(model).__name__}) does not interpolate between images; --images takes "
+                             "an unCLIP model (shapes-unclip)")
+        out = ensure_writable(args.out)
+        images = model.interpolate_images(sources[0], sources[1], steps=args.steps, seed=args.seed)
+        for k, image in enumerate(images):
+            image.save(out / f"{k:03d}.png")
+        strip = [sources[0].resize(images[0].size)] + images + [sources[1].resize(images[0].size)]
+        captions = [Path(args.images[0]).name] + [""] * len(images) + [Path(args.images[1]).name]
+        image_grid(strip, captions, cols=len(strip)).save(out / "strip.png")
+        print(f"wrote {len(images)} images and strip.png (the two sources at its ends) to {out}")
+        return
+    if not (args.prompt_a and args.prompt_b):
+        raise ValueError("give two prompts (trilemma interpolate \"a red circle\" \"a blue square\" --model M) or --images A B")
     model = trilemma.load(args.model)
     if not hasattr(model, "interpolate"):
-        raise ValueError(f"{args.model} ({type(model).__name__}) has no latent space to interpolate; interpolate takes a GAN")
+        raise ValueError(f"{args.model} ({type(model).__name__}) has no latent space to interpolate; interpolate takes a GAN (or, with --images, an unCLIP model)")
     out = ensure_writable(args.out)
     images = model.interpolate(args.prompt_a, args.prompt_b, steps=args.steps, seed=args.seed, mode=args.mode,
                                truncation=args.truncation)
@@ -523,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     from trilemma.train.loop import TrainingDiverged
 
     handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models,
-                "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "compare": cmd_compare}
+                "interpolate": cmd_interpolate, "vary": cmd_vary, "evaluate": cmd_evaluate, "compare": cmd_compare}
     try:
         handlers[args.command](args)
     except (CheckpointError, PromptError, TrainingDiverged, ValueError, OSError, KeyError) as e:

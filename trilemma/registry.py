@@ -15,6 +15,7 @@ MODEL_CLASSES = {
     "VQTokenizer": "trilemma.autoencoders.vq:VQTokenizer",
     "LatentDiffusion": "trilemma.diffusion.latent_diffusion:LatentDiffusion",
     "ImagenCascade": "trilemma.diffusion.imagen:ImagenCascade",
+    "UnCLIP": "trilemma.diffusion.unclip:UnCLIP",
     "DalleTransformer": "trilemma.autoregressive.dalle:DalleTransformer",
     "DFGAN": "trilemma.gan.dfgan:DFGAN",
     "SentenceMatching": "trilemma.text.matching:SentenceMatching",

@@ -84,6 +84,15 @@ class CLIPScorer(torch.nn.Module):
         out = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device))
         return F.normalize(_features(out), dim=-1)
 
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(unit-norm embeddings (B, D), the text tower's last hidden states (B, L, H), their mask (B, L)), padded
+        to the tower's full length L: what unCLIP's prior reads (the embedding and the caption's token states)."""
+        enc = self.processor.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
+                                       return_tensors="pt")
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        out = self.model.text_model(input_ids=ids, attention_mask=mask)
+        return F.normalize(self.model.text_projection(out.pooler_output), dim=-1), out.last_hidden_state, mask
+
     def pixel_values(self, images) -> torch.Tensor:
         """PIL images or a [-1, 1] tensor to the tower's normalized input (differentiable for tensors)."""
         if not torch.is_tensor(images):

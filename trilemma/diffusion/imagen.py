@@ -140,13 +140,17 @@ class ImagenCascade(TextToImageModel):
         return list(self.unets)
 
     def _make_unet(self, stage: int) -> UNet2DConditionModel:
+        return UNet2DConditionModel(**self._unet_kwargs(stage))
+
+    def _unet_kwargs(self, stage: int) -> dict:
+        """diffusers UNet2DConditionModel arguments of one stage (a subclass adds conditioning inputs)."""
         channels = tuple(self.config.unet_channels[stage])
         levels = len(channels)
         sr = stage > 0
         attention = levels - 1
         if sr and self.config.sr_attention_levels is not None:
             attention = min(levels, self.config.sr_attention_levels)
-        return UNet2DConditionModel(
+        return dict(
             sample_size=self.config.resolutions[stage], in_channels=6 if sr else 3,
             out_channels=6 if self.config.variance_type == "learned_range" else 3,
             down_block_types=("DownBlock2D",) * (levels - attention) + ("CrossAttnDownBlock2D",) * attention,
@@ -290,7 +294,7 @@ class ImagenCascade(TextToImageModel):
                        sr_steps: int | None = None, stages: int | None = None,
                        sr_guidance_scale: float | None = None, threshold_percentile: float | None = None,
                        threshold_max_value: float | None = None, clip_guidance: float | None = None,
-                       guidance_clip: str | None = None) -> torch.Tensor:
+                       guidance_clip: str | None = None, **model_options) -> torch.Tensor:
         """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot)."""
         prompts = check_prompts(prompts)
         check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta,
@@ -316,7 +320,7 @@ class ImagenCascade(TextToImageModel):
                        stages=len(self.config.resolutions) if stages is None else stages, progress=progress,
                        percentile=self.config.threshold_percentile if threshold_percentile is None else threshold_percentile,
                        max_values=self._threshold_caps(threshold_max_value), classifier=classifier,
-                       clip_guidance=clip_guidance or 0.0)
+                       clip_guidance=clip_guidance or 0.0, **model_options)
         if options["steps"] < 1 or options["sr_steps"] < 1:
             raise ValueError("steps must be at least 1")
         if not 0.0 <= options["aug_level"] <= 1.0:
@@ -326,7 +330,9 @@ class ImagenCascade(TextToImageModel):
         chunks = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            chunks.append(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **options))
+            # Per-prompt tensors among a subclass's options (unCLIP's embeddings) go with their prompts.
+            per_chunk = {k: v[start:start + batch_size] if torch.is_tensor(v) else v for k, v in options.items()}
+            chunks.append(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **per_chunk))
         return torch.cat(chunks)
 
     def _threshold_caps(self, override: float | None) -> list[float]:
@@ -338,9 +344,10 @@ class ImagenCascade(TextToImageModel):
 
     def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sr_guidance_scale, sampler, negative_prompt, eta,
                  thresholding, aug_level, stages, progress, percentile, max_values, classifier=None,
-                 clip_guidance=0.0) -> torch.Tensor:
-        image, base_scale = None, guidance_scale
-        for stage in range(stages):
+                 clip_guidance=0.0, image=None, start=0) -> torch.Tensor:
+        """Stages `start` to `stages` - 1; from `start` > 0, `image` is the previous stage's output."""
+        base_scale = guidance_scale
+        for stage in range(start, stages):
             guidance_scale = base_scale if stage == 0 else sr_guidance_scale
             device = next(self.unets[stage].parameters()).device
             size = self.config.resolutions[stage]
