@@ -31,7 +31,6 @@ first 8 candidates with their CLIP scores, the chosen one framed).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_seconds  # noqa: E402
 
 import trilemma  # noqa: E402
+from trilemma.checkpoint import _sha256  # noqa: E402
 from trilemma.clip import DEFAULT_CLIP, load_clip
 from trilemma.clip.rerank import CANDIDATE_STRIDE, best_candidate, clip_scores, draw_candidate, generate_reranked
 from trilemma.eval.evaluate import model_key
@@ -226,14 +226,6 @@ def pick_examples(prompts, passed, k: int = 4, n: int = 8) -> list[int]:
     return sorted(picked[:k])
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def markdown_table(results: dict) -> str:
     ns = results["ns"]
     lines = ["| model | | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|---|" + "---:|" * len(ns)]
@@ -274,7 +266,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
                "split": "test", "n_prompts": args.n, "ns": list(NS), "candidate_stride": CANDIDATE_STRIDE,
-               "clip": {"source": args.clip, "folder": str(scorer.folder), "sha256": sha256(scorer.folder / "model.safetensors")},
+               "clip": {"source": args.clip, "folder": str(scorer.folder), "sha256": _sha256(scorer.folder / "model.safetensors")},
                "scorer_version": SCORER_VERSION, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                "torch": torch.__version__, "platform": platform.platform(), "models": {}}
     per_model, per_prompt = {}, {}

@@ -35,10 +35,10 @@ from diffusers import DDPMScheduler, PriorTransformer
 from torch import nn
 
 from trilemma.checkpoint import _sha256, read_config
-from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed, n_sr
+from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
-from trilemma.model import check_option, check_prompts, to_pil
+from trilemma.model import check_option, to_pil
 
 CONDITIONINGS = ("image", "text", "caption")  # what the decoder is given (the paper's ablation, Fig. 16)
 PARTS = ("prior", "decoder")
