@@ -24,6 +24,7 @@ GOLDEN = {
     "shapes-imagen": "4aa43eb27e3fa4b8eff7d0",
     "shapes-ldm": "586ef7f801b6c21a52bd218d4",
     "shapes-ldm-f8": "bffff8165b9c2b4345106c",
+    "shapes-unclip": "60477f0d6d4efebe7a4300",  # shipped with issue 18
 }
 
 
