@@ -148,7 +148,8 @@ def main():
     report = {"model": args.model, "scorer_version": SCORER_VERSION, "n": args.n, "ablation_n": args.ablation_n,
               "tune_n": args.tune_n, "cosine_n": args.cosine_n,
               "command": "python bench/unclip.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                               if k not in ("scales", "sweep_only") and v is not None) + " --scales " + " ".join(map(str, args.scales))}
+                                                               if k not in ("scales", "sweep_only") and v is not None)
+                   + (" --sweep-only" if args.sweep_only else "") + " --scales " + " ".join(map(str, args.scales))}
     if args.sweep_from:
         previous = json.loads(args.sweep_from.read_text())
         sweep, report["tune_n"], report["sweep_model"] = previous["prior_sweep"], previous["tune_n"], previous["model"]

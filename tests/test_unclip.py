@@ -113,6 +113,10 @@ def test_a_changed_clip_or_sr_cascade_is_refused(tiny_clip_dir, tiny_cascade_dir
         UnCLIP.from_config(tiny_unclip_config(tiny_clip_dir, tiny_cascade_dir, clip_sha256="0" * 64))
     with pytest.raises(ValueError, match="differ from the"):
         UnCLIP.from_config(tiny_unclip_config(tiny_clip_dir, tiny_cascade_dir, sr_sha256="0" * 64))
+    with pytest.raises(ValueError, match="give sr_from"):
+        UnCLIP.from_config(tiny_unclip_config(tiny_clip_dir, tiny_cascade_dir, sr_from=None))
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        UnCLIP.from_config(tiny_unclip_config(tiny_clip_dir, tiny_cascade_dir, num_train_timesteps=500))
     with pytest.raises(ValueError, match="unet_channels"):
         UnCLIP.from_config(tiny_unclip_config(tiny_clip_dir, tiny_cascade_dir, unet_channels=[[16, 32], [16, 16]]))
 
@@ -134,7 +138,9 @@ def test_cli_vary_and_interpolate_images(tmp_path, tiny_unclip_dir):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     for args, message in [(("vary", tmp_path / "bad.png", "--model", tiny_unclip_dir), "is not a readable image"),
                           (("vary", tmp_path / "missing.png", "--model", tiny_unclip_dir), "no image at"),
-                          (("interpolate", "--model", tiny_unclip_dir), "give two prompts")]:
+                          (("interpolate", "--model", tiny_unclip_dir), "give two prompts"),
+                          (("interpolate", "--images", src, src, "--steps", 100, "--model", tiny_unclip_dir), "between 2 and 64"),
+                          (("interpolate", "--images", src, src, "--mode", "z", "--model", tiny_unclip_dir), "are a GAN's")]:
         code, out, err = run_cli(*args, "--out", tmp_path / "x")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 

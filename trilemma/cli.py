@@ -422,13 +422,18 @@ MAX_VARY_IMAGES = 1000
 
 def _read_images(paths: list[str]) -> list:
     """The images at `paths` as RGB, or one line naming the file that is missing or unreadable."""
+    from PIL import Image
+
     from trilemma.data.sources import open_image
 
     images = []
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no image at {path}")
-        images.append(open_image(path, path).convert("RGB"))
+        try:
+            images.append(open_image(path, path).convert("RGB"))
+        except (ValueError, Image.DecompressionBombError) as e:  # a mode PIL cannot convert; an image too large to trust
+            raise ValueError(f"{path} cannot be read as an RGB image ({str(e).splitlines()[0][:120]}); give a PNG or JPEG") from None
     return images
 
 
@@ -475,6 +480,10 @@ def cmd_interpolate(args) -> None:
     if args.images:
         if args.prompt_a or args.prompt_b:
             raise ValueError("give two prompts or --images A B, not both")
+        if not 2 <= args.steps <= 64:
+            raise ValueError(f"--steps with --images must be between 2 and 64, got {args.steps}")
+        if args.mode != "both" or args.truncation is not None:
+            raise ValueError("--mode and --truncation are a GAN's; --images interpolates image embeddings and takes neither")
         sources = _read_images(args.images)
         model = trilemma.load(args.model)
         if not hasattr(model, "interpolate_images"):

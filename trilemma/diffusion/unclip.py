@@ -59,7 +59,7 @@ class UnCLIPConfig(ImagenConfig):
     embedding_dropout: float = 0.1
     caption_dropout: float = 0.5
     conditioning: str = "image"
-    # SR stages come frozen from this cascade (shipped name or folder); None: this model's own, trained with it.
+    # SR stages come frozen from this cascade (shipped name or folder); None only for a decoder without SR stages.
     sr_from: str | None = "shapes-imagen"
     sr_sha256: str | None = None
     train_parts: tuple[str, ...] = PARTS
@@ -87,6 +87,9 @@ class UnCLIP(ImagenCascade):
         for name in ("prior_condition_dropout", "embedding_dropout", "caption_dropout"):
             if not 0.0 <= getattr(config, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), not {getattr(config, name)}")
+        if not config.sr_from and len(config.resolutions) > 1:
+            raise ValueError("unCLIP trains its prior and decoder only: give sr_from, a cascade whose SR stages it reuses "
+                             "(shapes-imagen), or a single resolution (no SR)")
         if config.prior_sampler not in SAMPLERS:
             raise ValueError(f"prior_sampler {config.prior_sampler!r}: choose one of {', '.join(SAMPLERS)}")
         folder = resolve_clip(config.clip)
@@ -143,7 +146,8 @@ class UnCLIP(ImagenCascade):
                              "was built with; give the cascade it was built on")
         donor = ImagenCascade.from_pretrained(folder)
         for name in ("resolutions", "unet_channels", "layers_per_block", "attention_head_dim", "sr_attention_levels",
-                     "sr_crop", "sr_self_attention", "tokenizer", "prediction_type", "beta_schedule", "noise_augmentation"):
+                     "sr_crop", "sr_self_attention", "tokenizer", "text_encoder", "prediction_type", "variance_type",
+                     "beta_schedule", "num_train_timesteps", "noise_augmentation"):
             mine, theirs = getattr(config, name), getattr(donor.config, name)
             if _plain(mine) != _plain(theirs):
                 raise ValueError(f"sr_from {source}: its {name} ({theirs}) differs from this model's ({mine}); "
@@ -301,6 +305,10 @@ class UnCLIP(ImagenCascade):
 
     def _cascade(self, prompts, seeds, *, prior_guidance_scale=None, prior_steps=None, prior_candidates=None,
                  conditioning="image", embeddings=None, use_caption=True, image=None, start=0, **options) -> torch.Tensor:
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
+        if options.get("clip_guidance"):
+            raise ValueError("unCLIP takes no CLIP guidance: its prior already steers by CLIP (--prior-guidance-scale)")
         device = next(self.unets[0].parameters()).device
         if embeddings is None and conditioning == "image":
             embeddings = self.prior_sample(prompts, seeds, prior_guidance_scale, prior_steps, prior_candidates)
@@ -336,19 +344,19 @@ class UnCLIP(ImagenCascade):
     def vary(self, images, n: int = 4, seed: int = 0, caption: str | None = None, **options):
         """`n` variations of each image: its CLIP image embedding decoded with seeds seed, seed + 1, ... (and the
         caption, if given). Returns a list of lists of PIL images, one list per input image."""
-        check_option("candidates", n)  # the same cap as any count of images drawn per input
+        n = check_option("candidates", n)  # the same cap as any count of images drawn per input
         embeddings = self.embed_images(images).repeat_interleave(n, dim=0)
-        prompts = [caption or "an image variation"] * len(embeddings)
+        prompts = [caption or "an image variation"] * len(embeddings)  # a placeholder unless a caption is given
         flat = to_pil(self.sample_tensors(prompts, seed, **options,
-                                          **self._unclip_options(embeddings=embeddings, use_caption=caption is not None)))
+                                          **self._unclip_options(embeddings=embeddings, use_caption=bool(caption))))
         return [flat[k * n:(k + 1) * n] for k in range(len(images))]
 
     @torch.no_grad()
     def interpolate_images(self, image_a, image_b, steps: int = 8, seed: int = 0, **options):
         """`steps` images along the slerp from A's image embedding to B's, all decoded with one seed, so only the
         embedding moves (the paper's Figure 4)."""
-        if not 2 <= steps <= 64:
-            raise ValueError(f"steps must be between 2 and 64, got {steps}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= 64:
+            raise ValueError(f"steps must be a whole number between 2 and 64, got {steps!r}")
         a, b = self.embed_images([image_a, image_b])
         path = torch.stack([slerp(a[None], b[None], w)[0] for w in torch.linspace(0, 1, steps).tolist()])
         images = []
