@@ -133,13 +133,8 @@ class UnCLIP(ImagenCascade):
         return kwargs
 
     def _load_sr(self, config: UnCLIPConfig) -> None:
-        from trilemma.registry import WEIGHTS_DIR
-
         source = config.sr_from
-        shipped = WEIGHTS_DIR / source
-        folder = shipped if "/" not in source and (shipped / "config.json").is_file() else Path(source).expanduser()
-        if not (folder / "config.json").is_file():
-            raise ValueError(f"sr_from {source!r}: no cascade there; give a shipped cascade's name (shapes-imagen) or its folder")
+        folder, shipped = _cascade_folder(source, "sr_from")
         digest = read_config(folder).get("weights_sha256")
         if config.sr_sha256 is not None and digest != config.sr_sha256:
             raise ValueError(f"sr_from {source}: its weights (sha256 {digest}) differ from the {config.sr_sha256} this model "
@@ -158,7 +153,7 @@ class UnCLIP(ImagenCascade):
             self.unets[k].requires_grad_(False)
             self.text_encoders[k].requires_grad_(False)
         config.sr_sha256 = digest
-        config.sr_from = source if folder == shipped else str(folder.resolve())
+        config.sr_from = source if shipped else str(folder.resolve())
 
     def external_prefixes(self) -> tuple[str, ...]:
         sr = tuple(p for k in range(1, len(self.config.resolutions)) for p in (f"unets.{k}.", f"text_encoders.{k}.")) \
@@ -193,10 +188,7 @@ class UnCLIP(ImagenCascade):
         # from, as the paper's decoder starts from GLIDE; the embedding's projections start as set in __init__.
         source = (config.init or {}).get("decoder")
         if source:
-            from trilemma.registry import WEIGHTS_DIR
-
-            shipped = WEIGHTS_DIR / source
-            donor = ImagenCascade.from_pretrained(shipped if (shipped / "config.json").is_file() else source)
+            donor = ImagenCascade.from_pretrained(_cascade_folder(source, "init.decoder")[0])
             missing, unexpected = self.unets[0].load_state_dict(donor.unets[0].state_dict(), strict=False)
             if unexpected or any(not k.startswith("class_embedding.") for k in missing):
                 raise ValueError(f"init.decoder {source}: its base U-Net does not match this decoder's")
@@ -298,8 +290,6 @@ class UnCLIP(ImagenCascade):
             check_option("prior_steps", prior_steps)
         if prior_candidates is not None:
             check_option("prior_candidates", prior_candidates)
-        if conditioning is not None and conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
         return dict(prior_guidance_scale=prior_guidance_scale, prior_steps=prior_steps, prior_candidates=prior_candidates,
                     conditioning=conditioning or self.config.conditioning, embeddings=embeddings, use_caption=use_caption)
 
@@ -364,6 +354,18 @@ class UnCLIP(ImagenCascade):
             images += to_pil(self.sample_tensors(["an image interpolation"], seed, **options,
                                                  **self._unclip_options(embeddings=e[None], use_caption=False)))
         return images
+
+
+def _cascade_folder(source: str, what: str) -> tuple[Path, bool]:
+    """(folder, whether shipped) of a cascade named by a shipped model's name or a folder; one line if neither."""
+    from trilemma.registry import shipped_models
+
+    if source in shipped_models():
+        return shipped_models()[source], True
+    folder = Path(source).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{what} {source!r}: no cascade there; give a shipped cascade's name (shapes-imagen) or its folder")
+    return folder, False
 
 
 def _plain(value):
