@@ -18,6 +18,7 @@ MODEL_CLASSES = {
     "UnCLIP": "trilemma.diffusion.unclip:UnCLIP",
     "DalleTransformer": "trilemma.autoregressive.dalle:DalleTransformer",
     "DFGAN": "trilemma.gan.dfgan:DFGAN",
+    "GALIP": "trilemma.gan.galip:GALIP",
     "SentenceMatching": "trilemma.text.matching:SentenceMatching",
     "ShapesFeatureNet": "trilemma.shapes.features:ShapesFeatureNet",
     "CLIP": "trilemma.clip.clip:CLIP",

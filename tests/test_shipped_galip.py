@@ -1,0 +1,39 @@
+"""The shipped GALIP: it loads offline with the frozen CLIP and autoencoder it references, draws 64 px images of
+what the prompt names, and interpolates (the card's scored rates come from bench/score_model.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import trilemma
+from trilemma.checkpoint import _sha256
+from trilemma.registry import WEIGHTS_DIR, shipped_models
+from trilemma.shapes.scorer import detect
+
+pytestmark = pytest.mark.skipif("shapes-galip" not in shipped_models(), reason="shapes-galip is not shipped")
+
+
+def test_references_the_shipped_clip_by_name_and_hash_and_holds_no_clip_weights():
+    from safetensors import safe_open
+
+    config = json.loads((WEIGHTS_DIR / "shapes-galip" / "config.json").read_text())["config"]
+    assert config["clip"] == "shapes-clip"
+    assert config["clip_sha256"] == _sha256(WEIGHTS_DIR / "shapes-clip" / "model.safetensors")
+    with safe_open(str(WEIGHTS_DIR / "shapes-galip" / "model.safetensors"), "pt") as f:
+        assert not any(k.startswith("clip.") for k in f.keys())
+
+
+def test_draws_64px_images_of_the_named_color_and_shape():
+    images = trilemma.load("shapes-galip").generate(["a large red circle"] * 8, seed=0)
+    assert {im.size for im in images} == {(64, 64)}
+    drawn = sum(any((o.color, o.shape) == ("red", "circle") for o in detect(im)) for im in images)
+    assert drawn >= 6, drawn
+
+
+def test_interpolation_strip_ends_at_its_two_prompts():
+    model = trilemma.load("shapes-galip")
+    strip = model.interpolate("a red circle", "a blue square", steps=4, seed=3)
+    assert len(strip) == 4
+    assert np.array_equal(np.asarray(strip[0]), np.asarray(model.generate(["a red circle"], seed=3)[0]))
+    assert np.array_equal(np.asarray(strip[-1]), np.asarray(model.generate(["a blue square"], seed=4)[0]))

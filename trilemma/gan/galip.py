@@ -1,0 +1,361 @@
+"""GALIP (Tao et al., CVPR 2023, "GALIP: Generative Adversarial CLIPs for Text-to-Image Synthesis").
+
+Written by hand after the paper and its code (tobran/GALIP): no maintained library ships it. It is DF-GAN
+(`trilemma.gan.dfgan`, whose fusion blocks, noise and interpolation it reuses) with a frozen CLIP inside
+both networks:
+- CLIP-based discriminator: the frozen CLIP-ViT reads the image; the patch tokens of several of its layers
+  (the code's blocks 1, 4 and 8 of 12; spread the same way over a shorter ViT) feed the learnable Mate-D,
+  a stack of residual blocks that each add the next layer's features (x + gamma * residual + beta * CLIP
+  feature). Its one-way output tiles the CLIP sentence embedding over the map and convolves the pair down to
+  one logit. Hinge loss with mismatched pairs as a third kind of fake; MA-GP (k = 2, p = 6) is taken on the
+  real image's CLIP features and the sentence embedding, not on the pixels.
+- CLIP-empowered generator: the learnable Mate-G maps z to a small map (fc_code), fuses [z, sentence]
+  into it with residual blocks of DF-GAN's deep fusion (M-blocks), and predicts the "bridge feature", a
+  map as wide as the ViT. The bridge feature enters the frozen ViT as its patch embedding, with one
+  text-conditioned prompt token appended at each of the middle blocks (the code's blocks 1 to 8 of 12);
+  the ViT's output tokens, added to the bridge feature at 0.1, go on to the image decoder: DF-GAN's
+  up-sampling blocks to pixels.
+- The generator's loss adds the CLIP text-image similarity of its images (cosine of the frozen CLIP's
+  image embedding with the sentence embedding), weight 4 in the paper.
+- Adam (0.0, 0.9), generator 1e-4, discriminator 4e-4.
+
+With `autoencoder` set, the image decoder stops at the latent grid and the frozen KL autoencoder's decoder
+draws the pixels (the shipped DF-GAN's recipe; on this CPU DF-GAN's pixel decoder drew blobs). The
+discriminator still reads pixels through CLIP, so the generator's gradient runs back through the frozen
+decoder and the frozen ViT.
+
+The CLIP is the project's `shapes-clip` by default, or any local transformers CLIP folder; like the frozen
+text encoders, its weights stay out of the checkpoint, which names it and checks its sha256.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
+from trilemma.checkpoint import _sha256
+from trilemma.config import parse_config
+from trilemma.gan.dfgan import DFGAN, DFBlock, GBlock, _channels
+
+
+@dataclass
+class GALIPConfig:
+    resolution: int = 64
+    z_dim: int = 100
+    ngf: int = 32  # image decoder width unit, as DF-GAN's
+    code_channels: int = 64  # Mate-G's map from z (the code's 64 channels at 7x7)
+    mid_channels: int = 32
+    mate_g_blocks: int = 4  # M-blocks (the code's map_num)
+    affine_hidden: int = 256
+    ndf: int = 128  # width of Mate-D's last block (the code: 512 on a 768-wide ViT)
+    clip: str = "shapes-clip"  # a shipped CLIP's name or a CLIP folder: frozen, referenced and hash-checked
+    clip_sha256: str | None = None
+    d_layers: list[int] | None = None  # ViT blocks whose outputs feed Mate-D (None: spread as the code's 1, 4, 8 of 12)
+    prompt_layers: list[int] | None = None  # ViT blocks that get a prompt token in Mate-G (None: 1 .. 2/3 of the depth)
+    bridge_scale: float = 0.1  # conv(bridge + 0.1 * ViT(bridge)), as in the code
+    sim_weight: float = 4.0  # the CLIP similarity term in the generator's loss
+    gp_k: float = 2.0
+    gp_p: float = 6.0
+    d_lr_ratio: float = 4.0
+    truncation: float | None = None
+    autoencoder: dict | None = None  # a KLAutoencoder config: generate its latents, decoded for CLIP (None: pixels)
+    latent_scale: float = 1.0  # 1 / std of the training latents, set when training starts
+    latent_blocks: int = 0  # DF-GAN generator blocks without resampling at the output grid
+    hard_mismatch: bool = False  # half of the mismatched pairs are hard negatives (as the shipped DF-GAN)
+
+    @property
+    def grid(self) -> int:
+        if self.autoencoder is None:
+            return self.resolution
+        return self.resolution // 2 ** (len(self.autoencoder["block_out_channels"]) - 1)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.autoencoder is None else self.autoencoder["latent_channels"]
+
+
+def default_d_layers(depth: int) -> list[int]:
+    """The code takes blocks 1, 4 and 8 of 12: the same fractions of the way through a ViT of `depth` blocks."""
+    return sorted({round(f * (depth - 1)) for f in (1 / 11, 4 / 11, 8 / 11)})
+
+
+def default_prompt_layers(depth: int) -> list[int]:
+    """The code prompts blocks 1 to 8 of 12: the first aside, to two thirds of the depth (a one-block ViT: its block)."""
+    return list(range(1, (2 * depth) // 3 + 1)) or [depth - 1]
+
+
+class FrozenViT:
+    """The frozen CLIP's vision tower, run block by block: a plain object, not a module, so that the generator and
+    discriminator that use it do not hold its weights (they live, frozen and external, in GALIP.clip)."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.vision = scorer.model.vision_model
+        self.projection = scorer.model.visual_projection
+        self.width = int(self.vision.config.hidden_size)
+        self.depth = len(self.vision.encoder.layers)
+        self.grid = int(self.vision.config.image_size) // int(self.vision.config.patch_size)
+
+    def _tokens_to_map(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, 1:].transpose(1, 2).reshape(h.shape[0], self.width, self.grid, self.grid)
+
+    def features(self, images: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] -> (patch-token maps of `layers` (B, len(layers), width, grid, grid), image embedding (B, D))."""
+        h = self.vision.pre_layrnorm(self.vision.embeddings(self.scorer.pixel_values(images)))
+        maps = []
+        for i, layer in enumerate(self.vision.encoder.layers):
+            h = _block(layer, h)
+            if i in layers:
+                maps.append(self._tokens_to_map(h))
+        return torch.stack(maps, dim=1), self.projection(self.vision.post_layernorm(h[:, 0]))
+
+    def map(self, bridge: torch.Tensor, prompts: torch.Tensor, prompt_layers: list[int]) -> torch.Tensor:
+        """The code's CLIP_Mapper: the bridge feature (B, width, grid, grid) as the patch embedding, a prompt token
+        (B, len(prompt_layers), width) appended for each prompted block and dropped after it."""
+        emb = self.vision.embeddings
+        tokens = bridge.flatten(2).transpose(1, 2)
+        cls = emb.class_embedding.expand(tokens.shape[0], 1, -1)
+        h = self.vision.pre_layrnorm(torch.cat([cls, tokens], dim=1) + emb.position_embedding.weight[None])
+        for i, layer in enumerate(self.vision.encoder.layers):
+            if i in prompt_layers:
+                prompt = prompts[:, prompt_layers.index(i)][:, None]
+                h = _block(layer, torch.cat([h, prompt], dim=1))[:, :-1]
+            else:
+                h = _block(layer, h)
+        return self._tokens_to_map(h)
+
+
+def _block(layer, h: torch.Tensor) -> torch.Tensor:
+    out = layer(h, attention_mask=None)
+    return out[0] if isinstance(out, tuple) else out
+
+
+class MBlock(nn.Module):
+    """Mate-G's M-block: conv, deep fusion, conv, deep fusion, with a residual shortcut."""
+
+    def __init__(self, cond_dim: int, in_ch: int, mid_ch: int, out_ch: int, hidden: int):
+        super().__init__()
+        self.c1, self.fuse1 = nn.Conv2d(in_ch, mid_ch, 3, 1, 1), DFBlock(cond_dim, mid_ch, hidden)
+        self.c2, self.fuse2 = nn.Conv2d(mid_ch, out_ch, 3, 1, 1), DFBlock(cond_dim, out_ch, hidden)
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.fuse2(self.c2(self.fuse1(self.c1(x), cond)), cond)
+
+
+class Generator(nn.Module):
+    """Mate-G (z and text to the bridge feature, through the frozen ViT) and the image decoder."""
+
+    def __init__(self, config: GALIPConfig, vit: FrozenViT, sentence_dim: int):
+        super().__init__()
+        self.config, self.vit = config, vit  # vit: frozen, not a submodule (see FrozenViT)
+        self.prompt_layers = config.prompt_layers
+        cond_dim = config.z_dim + sentence_dim
+        g = vit.grid
+        self.fc = nn.Linear(config.z_dim, config.code_channels * g * g)
+        self.mate = nn.ModuleList([MBlock(cond_dim, config.code_channels, config.mid_channels, config.code_channels,
+                                          config.affine_hidden) for _ in range(config.mate_g_blocks)])
+        self.to_bridge = nn.Conv2d(config.code_channels, vit.width, 5, 1, 2)
+        self.prompt = nn.Linear(cond_dim, vit.width * len(self.prompt_layers))
+        levels = int(math.log2(config.grid // g))
+        chs = _channels(config.ngf, levels)
+        self.from_bridge = nn.Conv2d(vit.width, chs[0], 5, 1, 2)
+        self.blocks = nn.ModuleList(
+            [GBlock(cond_dim, a, b, config.affine_hidden) for a, b in zip(chs[:-1], chs[1:])]
+            + [GBlock(cond_dim, chs[-1], chs[-1], config.affine_hidden, upsample=False) for _ in range(config.latent_blocks)])
+        # Pixels end in tanh (the range CLIP reads); latents are scaled to unit variance and stay linear.
+        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(chs[-1], config.channels, 3, 1, 1),
+                                    nn.Tanh() if config.autoencoder is None else nn.Identity())
+
+    def forward(self, z: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        cond = torch.cat([z, sentence], dim=1)
+        g = self.vit.grid
+        h = self.fc(z).view(z.shape[0], -1, g, g)
+        for block in self.mate:
+            h = block(h, cond)
+        bridge = self.to_bridge(h)
+        prompts = self.prompt(cond).view(z.shape[0], len(self.prompt_layers), -1)
+        h = self.from_bridge(bridge + self.config.bridge_scale * self.vit.map(bridge, prompts, self.prompt_layers))
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.to_rgb(h)
+
+
+class MateDBlock(nn.Module):
+    """The code's D_Block: x + gamma * residual(x) (+ beta * the next CLIP layer's features); gamma and beta start at 0."""
+
+    def __init__(self, in_ch: int, out_ch: int, clip_feature: bool):
+        super().__init__()
+        self.residual = nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False), nn.LeakyReLU(0.2),
+                                      nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False), nn.LeakyReLU(0.2))
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.beta = nn.Parameter(torch.zeros(1)) if clip_feature else None
+
+    def forward(self, x: torch.Tensor, clip_feature: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.shortcut(x) + self.gamma * self.residual(x)
+        return out + self.beta * clip_feature if self.beta is not None else out
+
+
+class Discriminator(nn.Module):
+    """Mate-D over the CLIP features (NetD), then the one-way conditional output (NetC)."""
+
+    def __init__(self, config: GALIPConfig, width: int, grid: int, n_layers: int, sentence_dim: int):
+        super().__init__()
+        self.blocks = nn.ModuleList([MateDBlock(width, width, clip_feature=True) for _ in range(n_layers - 1)])
+        self.main = MateDBlock(width, config.ndf, clip_feature=False)
+        # The code convolves a 7x7 map with two 4x4 kernels to one logit; here the second kernel covers what is left.
+        self.joint = nn.Sequential(nn.Conv2d(config.ndf + sentence_dim, 128, 4, 1, 0, bias=False), nn.LeakyReLU(0.2),
+                                   nn.Conv2d(128, 1, grid - 3, 1, 0, bias=False))
+
+    def features(self, clip_maps: torch.Tensor) -> torch.Tensor:
+        h = clip_maps[:, 0]
+        for i, block in enumerate(self.blocks):
+            h = block(h, clip_maps[:, i + 1])
+        return self.main(h)
+
+    def logits(self, features: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        tiled = sentence[:, :, None, None].expand(-1, -1, features.shape[2], features.shape[3])
+        return self.joint(torch.cat([features, tiled], dim=1)).view(-1)
+
+
+class GALIP(DFGAN):
+    family = "gan"
+    config_class = GALIPConfig
+
+    def __init__(self, config: GALIPConfig):
+        nn.Module.__init__(self)  # DFGAN's networks are replaced, not built
+        from trilemma.clip import load_clip, resolve_clip
+        from trilemma.registry import shipped_clips
+
+        if config.resolution < 8 or config.resolution & (config.resolution - 1):
+            raise ValueError(f"resolution must be a power of two of at least 8, not {config.resolution}")
+        folder = resolve_clip(config.clip)
+        digest = _sha256(folder / "model.safetensors")
+        if config.clip_sha256 is not None and digest != config.clip_sha256:
+            raise ValueError(f"{folder}/model.safetensors: sha256 {digest} differs from the {config.clip_sha256} this model "
+                             "was trained with; give the CLIP it was trained with (model.clip)")
+        scorer = load_clip(config.clip)
+        config.clip_sha256 = digest
+        config.clip = config.clip if config.clip in shipped_clips() else str(folder.resolve())
+        self.clip = scorer  # frozen and external: leaves checkpoints, found again by name or path and hash
+        vit = FrozenViT(scorer)
+        if vit.grid < 4:
+            raise ValueError(f"the CLIP's ViT has a {vit.grid}x{vit.grid} patch grid; GALIP needs at least 4x4")
+        if config.grid < vit.grid or config.grid % vit.grid or config.grid & (config.grid - 1):
+            raise ValueError(f"the generator's output grid ({config.grid}) must be the CLIP's patch grid ({vit.grid}) "
+                             "times a power of two")
+        config.d_layers = sorted(config.d_layers) if config.d_layers is not None else default_d_layers(vit.depth)
+        config.prompt_layers = sorted(config.prompt_layers) if config.prompt_layers is not None else default_prompt_layers(vit.depth)
+        for name in ("d_layers", "prompt_layers"):
+            bad = [i for i in getattr(config, name) if not 0 <= i < vit.depth]
+            if bad or not getattr(config, name):
+                raise ValueError(f"{name} must be block indices in 0..{vit.depth - 1} of the CLIP's ViT, not {getattr(config, name)}")
+        self.config = config
+        self.resolution = config.resolution
+        self.vit = vit
+        self.autoencoder = None
+        if config.autoencoder is not None:
+            self._set_autoencoder(KLAutoencoder.from_config(config.autoencoder))
+        dim = int(scorer.model.config.projection_dim)
+        self.generator = Generator(config, vit, dim)
+        self.discriminator = Discriminator(config, vit.width, vit.grid, len(config.d_layers), dim)
+
+    def external_prefixes(self) -> tuple[str, ...]:
+        return ("clip.",)
+
+    def train(self, mode: bool = True):
+        nn.Module.train(self, mode)
+        self.clip.eval()  # frozen
+        if self.autoencoder is not None:
+            self.autoencoder.eval()
+        return self
+
+    @torch.no_grad()
+    def sentence_embedding(self, prompts: list[str]) -> torch.Tensor:
+        """The frozen CLIP's sentence embedding, projected and not normalized, as the code uses it."""
+        enc = self.clip.processor.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.clip.max_length,
+                                            return_tensors="pt")
+        device = self.generator.fc.weight.device
+        out = self.clip.model.get_text_features(input_ids=enc["input_ids"].to(device),
+                                                attention_mask=enc["attention_mask"].to(device))
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def fit_whitening(self, captions):
+        raise NotImplementedError("GALIP reads CLIP's sentence embedding as it is")
+
+    def num_learnable_parameters(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {"generator": count(self.generator), "discriminator": count(self.discriminator),
+                "frozen_clip": count(self.clip.model),
+                "frozen_autoencoder": count(self.autoencoder) if self.autoencoder is not None else 0}
+
+    # --- training -----------------------------------------------------------------
+    def prepare_training(self, config, device):
+        """Pixels for CLIP to read (the discriminator sees every image through it); in latent mode, the frozen
+        autoencoder from init.autoencoder and the scale of its latents (from 1,024 training images)."""
+        from trilemma.data.sources import build_dataset, parse_data_config
+
+        data = parse_data_config(config.data, resolution=self.resolution)
+        if data.resolution != self.resolution:
+            raise ValueError(f"data resolution {data.resolution} differs from GALIP's {self.resolution}")
+        dataset = build_dataset(data, config.seed)
+        if self.autoencoder is not None:
+            self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "GAN"))
+            self.autoencoder.to(device)
+            n = min(1024, len(dataset)) if hasattr(dataset, "__len__") else 1024
+            items = iter(dataset) if not hasattr(dataset, "__getitem__") else (dataset[i] for i in range(n))
+            with torch.no_grad():
+                pixels = torch.stack([next(items)["pixel_values"] for _ in range(n)]).to(device)
+                latents = torch.cat([self.autoencoder.encode(pixels[i:i + 128]) for i in range(0, n, 128)])
+            self.config.latent_scale = float(1.0 / latents.std())
+        if self.config.hard_mismatch:
+            from trilemma.shapes.negatives import with_hard_negatives
+
+            dataset = with_hard_negatives(dataset)
+        return dataset
+
+    def _fakes(self, batch: dict) -> dict:
+        """The generator's images for this batch and their CLIP features, with their graph: made once in the
+        discriminator's step and reused by the generator's, as the code's loop does."""
+        if "_galip" not in batch:
+            sentence = self.sentence_embedding(batch["text"])
+            z = torch.randn(sentence.shape[0], self.config.z_dim, device=sentence.device)
+            maps, embedding = self.vit.features(self.render(self.generator(z, sentence)), self.config.d_layers)
+            batch["_galip"] = {"sentence": sentence, "maps": maps, "embedding": embedding}
+        return batch["_galip"]
+
+    def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
+        fakes = self._fakes(batch)
+        sentence = fakes["sentence"]
+        D = self.discriminator
+        if optimizer_name == "discriminator":
+            with torch.no_grad():
+                real_maps, _ = self.vit.features(batch["pixel_values"], self.config.d_layers)
+            real_maps = real_maps.requires_grad_(True)
+            sentence = sentence.detach().requires_grad_(True)
+            b = real_maps.shape[0]
+            real_features = D.features(real_maps)
+            real_logits = D.logits(real_features, sentence)
+            mismatch_logits = D.logits(real_features, sentence.roll(1, dims=0))
+            if self.config.hard_mismatch:
+                hard_logits = D.logits(real_features, self.sentence_embedding(batch["negative_text"]))
+                mismatch_logits = torch.cat([mismatch_logits[: b // 2], hard_logits[b // 2:]])
+            fake_logits = D.logits(D.features(fakes["maps"].detach()), sentence.detach())
+            loss_real = F.relu(1.0 - real_logits).mean()
+            loss_fake = F.relu(1.0 + fake_logits).mean()
+            loss_mismatch = F.relu(1.0 + mismatch_logits).mean()
+            gp = self.matching_aware_gradient_penalty(real_maps, sentence, real_logits)
+            loss = loss_real + (loss_fake + loss_mismatch) / 2.0 + gp
+            return {"loss": loss, "d_real": loss_real.detach(), "d_fake": loss_fake.detach(),
+                    "d_mismatch": loss_mismatch.detach(), "ma_gp": gp.detach()}
+        batch.pop("_galip")
+        adversarial = -D.logits(D.features(fakes["maps"]), sentence).mean()
+        similarity = F.cosine_similarity(fakes["embedding"], sentence, dim=-1).mean()
+        loss = adversarial - self.config.sim_weight * similarity
+        return {"loss": loss, "g": adversarial.detach(), "clip_sim": similarity.detach()}
