@@ -110,12 +110,16 @@ def main():
     scores = [json.loads(Path(p).read_text()) for p in args.scores]
     result["scores"] = {}
     for key, s, path in zip(("galip", "dfgan"), scores, args.scores):
-        result["scores"][key] = {"file": path, **{split: {k: v for k, v in s[split].items() if k in
-                                                         ("overall", "single", "pair", "count", "position", "n")}
-                                                 for split in ("test", "test-novel") if split in s}}
+        result["scores"][key] = {"file": path, "scorer_version": s.get("scorer_version", 1), "n": s["n"],
+                                 **{split: {k: v["pass_rate"] for k, v in s["splits"][split]["summary"].items()
+                                            if k in ("overall", "single", "pair", "count", "position")}
+                                    for split in ("test", "test-novel")}}
 
-    # Training: minutes and images to the other's score.
+    # Training: minutes and images to the other's score. A curve without a scorer version predates scorer v2 (v1
+    # passed lumpy shapes); a threshold read across versions is marked so.
     curves = [json.loads(Path(p).read_text()) for p in args.curves]
+    versions = {"galip_curve": curves[0].get("scorer_version", 1), "dfgan_curve": curves[1].get("scorer_version", 1),
+                "galip_scores": result["scores"]["galip"]["scorer_version"], "dfgan_scores": result["scores"]["dfgan"]["scorer_version"]}
     dfgan_final = result["scores"]["dfgan"]["test"]["overall"]
     galip_final = result["scores"]["galip"]["test"]["overall"]
     reach = first_reaching(curves[0], dfgan_final)
@@ -126,6 +130,9 @@ def main():
         "dfgan_reaches_galip_final": (lambda p: {"score": galip_final, "step": p["step"], "minutes": p["minutes"]}
                                       if p else {"score": galip_final, "reached": False})(first_reaching(curves[1], galip_final)),
         "galip_last": curves[0]["points"][-1], "dfgan_last": curves[1]["points"][-1],
+        "scorer_versions": versions,
+        "across_scorer_versions": len(set(versions.values())) > 1,
+        "curve_prompts": [c["n"] for c in curves],
     }
 
     # Latent space: strips (text, z, both) for both GANs, and how evenly images change along z and text paths.

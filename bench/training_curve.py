@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from score_model import parse_sets, score_split  # noqa: E402
 
 from trilemma.model import TrainableModel  # noqa: E402
+from trilemma.shapes.scorer import SCORER_VERSION  # noqa: E402
 
 
 def main():
@@ -52,7 +53,8 @@ def main():
     points = sorted(seen.values(), key=lambda p: p["step"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"run": str(run), "n": args.n, "points": points}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"run": str(run), "n": args.n, "scorer_version": SCORER_VERSION,
+                                                       "points": points}, indent=2) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     minutes = [p["minutes"] for p in points]
     for key, style in [("overall", "k-o"), ("single", "--"), ("pair", "--"), ("count", "--"), ("position", "--")]:

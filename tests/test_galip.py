@@ -72,37 +72,65 @@ def test_losses_train_the_right_player_through_the_frozen_clip(tiny_clip_dir):
     assert {"d_real", "d_fake", "d_mismatch", "ma_gp"} <= set(out)
     assert all(p.grad is None for p in model.generator.parameters())
     assert model.discriminator.joint[0].weight.grad.abs().sum() > 0
-    assert "_galip" in batch  # the fakes are kept for the generator's step, as the code's loop does
+    kept = model._pending["maps"]  # the fakes are kept for the generator's step, as the code's loop does
     model.zero_grad()
     out = model.training_step(batch, "generator")
     assert out["loss"].item() == pytest.approx(out["g"].item() - 4.0 * out["clip_sim"].item(), abs=1e-5)
     out["loss"].backward()
-    assert "_galip" not in batch
+    assert model._pending is None and kept.grad_fn is not None
     assert model.generator.fc.weight.grad.abs().sum() > 0  # through the frozen ViT of the D and of the mapper
-    assert all(p.grad is None for p in model.clip.parameters())
+    assert not any(p.requires_grad for p in model.clip.parameters())
     # The similarity term alone reaches the generator (weight 4 in the paper).
     model.zero_grad()
-    batch.pop("_galip", None)
-    model.config.sim_weight = 1.0
     fakes = model._fakes(batch)
     torch.nn.functional.cosine_similarity(fakes["embedding"], fakes["sentence"]).mean().backward()
     assert model.generator.to_bridge.weight.grad.abs().sum() > 0
 
 
-def test_matching_aware_gradient_penalty_is_taken_on_the_clip_features(tiny_clip_dir):
+@pytest.fixture(scope="module")
+def three_block_clip_dir(tmp_path_factory):
+    """A tiny CLIP whose ViT has three blocks, so that Mate-D stacks several and Mate-G prompts some but not all."""
+    from trilemma.clip.clip import CLIP, learn_tokenizer
+    from trilemma.shapes.dataset import ShapesDataset
+
+    from conftest import TINY_CLIP
+
     torch.manual_seed(0)
-    model = GALIP.from_config(tiny_galip(tiny_clip_dir))
-    with torch.no_grad():
-        maps, _ = model.vit.features(_pixels(3), model.config.d_layers)
-    maps.requires_grad_(True)
-    sentence = model.sentence_embedding(["a red circle", "a blue square", "two green circles"]).requires_grad_(True)
+    data = ShapesDataset("train")
+    model = CLIP.from_config({**TINY_CLIP, "vision": {**TINY_CLIP["vision"], "num_layers": 3}})
+    model.set_tokenizer(learn_tokenizer([data.caption(i, i) for i in range(200)], 600, 32))
+    path = tmp_path_factory.mktemp("models") / "clip-3"
+    model.save_pretrained(path)
+    return path
+
+
+def test_mate_d_adds_each_chosen_blocks_features_and_ma_gp_is_taken_on_them(three_block_clip_dir, monkeypatch):
+    torch.manual_seed(0)
+    model = GALIP.from_config(tiny_galip(three_block_clip_dir, d_layers=[2, 0], prompt_layers=[1])).train()
+    assert model.config.d_layers == [0, 2] and len(model.discriminator.blocks) == 1
+    images = _pixels(3)
+    maps, _ = model.vit.features(images, [0, 2])
+    out = model.clip.model.vision_model(pixel_values=model.clip.pixel_values(images), output_hidden_states=True)
+    assert torch.allclose(maps[:, 1].flatten(2).transpose(1, 2), out.hidden_states[3][:, 1:], atol=1e-5)  # block 2's output
+    sentence = model.sentence_embedding(["a red circle"] * 3)
     D = model.discriminator
-    for block in D.blocks:  # gamma and beta start at 0: give the CLIP features a say
-        torch.nn.init.constant_(block.beta, 0.5)
-    logits = D.logits(D.features(maps), sentence)
-    gp = model.matching_aware_gradient_penalty(maps, sentence, logits)
-    gm, gs = torch.autograd.grad(logits.sum(), (maps, sentence), retain_graph=True)
-    assert torch.allclose(gp, 2.0 * torch.cat([gm.flatten(1), gs.flatten(1)], 1).norm(dim=1).pow(6).mean())
+    before = D.logits(D.features(maps), sentence)
+    torch.nn.init.constant_(D.blocks[0].beta, 0.5)  # beta opens the second block's features to Mate-D
+    assert not torch.allclose(D.logits(D.features(maps), sentence), before)
+    seen = {}
+    penalty = model.matching_aware_gradient_penalty
+
+    def spy(real, sent, logits):
+        seen["shape"] = tuple(real.shape)
+        value = penalty(real, sent, logits)
+        gm, gs = torch.autograd.grad(logits.sum(), (real, sent), retain_graph=True)
+        assert torch.allclose(value, 2.0 * torch.cat([gm.flatten(1), gs.flatten(1)], 1).norm(dim=1).pow(6).mean())
+        return value
+
+    monkeypatch.setattr(model, "matching_aware_gradient_penalty", spy)
+    batch = {"pixel_values": images, "text": ["a red circle", "a blue square", "two green circles"]}
+    model.training_step(batch, "discriminator")["loss"].backward()
+    assert seen["shape"] == (3, 2, 32, 4, 4)  # on the real image's CLIP features, not its pixels
 
 
 def test_checkpoint_leaves_out_clip_and_a_changed_clip_is_refused(tmp_path, tiny_clip_dir):
@@ -129,8 +157,9 @@ def test_checkpoint_leaves_out_clip_and_a_changed_clip_is_refused(tmp_path, tiny
     saved["clip"] = str(changed)
     with pytest.raises(ValueError, match="differs from the"):
         GALIP.from_config(saved)
-    with pytest.raises(ValueError, match="block indices"):
-        GALIP.from_config(tiny_galip(tiny_clip_dir, d_layers=[3]))
+    for layers in ([3], [0, 0], []):
+        with pytest.raises(ValueError, match="distinct block indices"):
+            GALIP.from_config(tiny_galip(tiny_clip_dir, d_layers=layers))
 
 
 def test_galip_trains_through_the_loop_and_interpolates_from_the_cli(tmp_path, tiny_clip_dir):
@@ -153,13 +182,30 @@ def test_galip_trains_through_the_loop_and_interpolates_from_the_cli(tmp_path, t
     assert sorted(p.name for p in (tmp_path / "strip").iterdir()) == ["000.png", "001.png", "002.png", "strip.png"]
 
 
-def test_latent_galip_decodes_the_autoencoders_latent_for_clip(tiny_clip_dir):
+def test_latent_galip_trains_through_a_saved_autoencoder_and_leaves_the_frozen_parts_alone(tmp_path, tiny_clip_dir):
+    from trilemma.autoencoders.kl import KLAutoencoder
+    from trilemma.train.loop import TrainConfig, train
+
     torch.manual_seed(0)
     ae = {"resolution": 64, "block_out_channels": [8, 8, 8, 8], "latent_channels": 4, "norm_num_groups": 4}
+    KLAutoencoder.from_config(ae).save_pretrained(tmp_path / "ae")
     model = GALIP.from_config(tiny_galip(tiny_clip_dir, autoencoder=ae, latent_blocks=1))
     assert model.config.grid == 8
     z, sentence = torch.randn(2, 8), model.sentence_embedding(["a red circle", "a blue square"])
     assert model.generator(z, sentence).shape == (2, 4, 8, 8)
-    assert [im.size for im in model.generate(["a red circle"])] == [(64, 64)]
+    clip_before = {k: v.clone() for k, v in model.clip.model.state_dict().items()}
+    common = dict(model_class="GALIP", data={"resolution": 64}, batch_size=2, learning_rate=1e-3, warmup_steps=0,
+                  sample_every=0, log_every=1, steps=2, checkpoint_every=2)
+    final = train(TrainConfig(**common, model=tiny_galip(tiny_clip_dir, autoencoder=ae, latent_blocks=1,
+                                                         reals_through_autoencoder=True),
+                              init={"autoencoder": str(tmp_path / "ae")}, output_dir=str(tmp_path / "run")))
+    trained = trilemma.load(final)
+    assert trained.config.latent_scale != 1.0  # measured on the training images
+    assert [im.size for im in trained.generate(["a red circle"])] == [(64, 64)]
+    saved = KLAutoencoder.from_pretrained(tmp_path / "ae").state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in trained.autoencoder.state_dict().items())
+    assert all(torch.equal(v, clip_before[k]) for k, v in trained.clip.model.state_dict().items())
+    with pytest.raises(ValueError, match="init.autoencoder"):  # a random decoder would feed CLIP noise
+        train(TrainConfig(**common, model=tiny_galip(tiny_clip_dir, autoencoder=ae), output_dir=str(tmp_path / "bad")))
     with pytest.raises(ValueError, match="patch grid"):
         GALIP.from_config(tiny_galip(tiny_clip_dir, autoencoder={**ae, "block_out_channels": [8] * 6}))  # a 2x2 latent

@@ -78,11 +78,15 @@ class CLIPScorer(torch.nn.Module):
         return self.model.logit_scale.device
 
     # --- the two towers -------------------------------------------------------------------
-    def embed_text(self, prompts: list[str]) -> torch.Tensor:
-        """Unit-norm text embeddings (B, D)."""
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """Projected text embeddings (B, D), not normalized (GALIP conditions on them as they are)."""
         enc = self.processor.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         out = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device))
-        return F.normalize(_features(out), dim=-1)
+        return _features(out)
+
+    def embed_text(self, prompts: list[str]) -> torch.Tensor:
+        """Unit-norm text embeddings (B, D)."""
+        return F.normalize(self.text_features(prompts), dim=-1)
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(unit-norm embeddings (B, D), the text tower's last hidden states (B, L, H), their mask (B, L)), padded
@@ -139,6 +143,24 @@ class _TensorFeatures(torch.nn.Module):
 
 
 _LOADED: dict[str, CLIPScorer] = {}
+
+
+def pinned_clip(config) -> CLIPScorer:
+    """The frozen CLIP a model names in `config.clip` (a shipped name or a folder), checked against the sha256 it
+    was trained with (`config.clip_sha256`, recorded on first use); one line naming the fix if it changed. The
+    config keeps a shipped CLIP's name, or the folder's absolute path."""
+    from trilemma.checkpoint import _sha256
+    from trilemma.registry import shipped_clips
+
+    folder = resolve_clip(config.clip)
+    digest = _sha256(folder / "model.safetensors")
+    if config.clip_sha256 is not None and digest != config.clip_sha256:
+        raise ValueError(f"{folder}/model.safetensors: sha256 {digest} differs from the {config.clip_sha256} this model "
+                         "was trained with; give the CLIP it was trained on")
+    scorer = load_clip(config.clip)
+    config.clip_sha256 = digest
+    config.clip = config.clip if config.clip in shipped_clips() else str(folder.resolve())
+    return scorer
 
 
 def load_clip(source: str | Path = DEFAULT_CLIP) -> CLIPScorer:

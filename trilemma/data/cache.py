@@ -107,9 +107,20 @@ def latent_training_set(autoencoder: nn.Module, config, resolution: int, device)
     latents, dataset = encoded_training_set(autoencoder, autoencoder.encode, config, resolution, device, "latents",
                                             "latents", data.cache_latents)
     if latents is None:
-        # Every process must scale alike: the scale comes from the whole stream's first samples, not its own shards.
-        stream = WebDatasetStream(dataset.data, dataset.seed, rank=0, world=1).stream()
-        with torch.no_grad():
-            latents = autoencoder.encode(torch.stack([next(stream)["pixel_values"] for _ in range(256)]).to(device)).cpu()
+        return latent_scale(autoencoder, dataset, device, 256), dataset
     return float(1.0 / latents.std()), dataset
+
+
+def latent_scale(autoencoder: nn.Module, dataset, device, n: int = 1024) -> float:
+    """1 / the standard deviation of the latents of the dataset's first `n` samples, for a model that reads the
+    pixels and does not cache latents (GALIP). Every process must scale alike: a stream is read from its start,
+    whole, not from this process's shards."""
+    if isinstance(dataset, IterableDataset):
+        stream = WebDatasetStream(dataset.data, dataset.seed, rank=0, world=1).stream()
+        pixels = [next(stream)["pixel_values"] for _ in range(n)]
+    else:
+        pixels = [dataset[i]["pixel_values"] for i in range(n)]
+    with torch.no_grad():
+        latents = torch.cat([autoencoder.encode(torch.stack(pixels[i:i + 128]).to(device)).cpu() for i in range(0, n, 128)])
+    return float(1.0 / latents.std())
 

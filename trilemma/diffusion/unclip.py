@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, PriorTransformer
 from torch import nn
 
-from trilemma.checkpoint import _sha256, read_config
+from trilemma.checkpoint import read_config
 from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
@@ -77,8 +77,7 @@ class UnCLIP(ImagenCascade):
     config_class = UnCLIPConfig
 
     def __init__(self, config: UnCLIPConfig):
-        from trilemma.clip import load_clip, resolve_clip
-        from trilemma.registry import shipped_clips
+        from trilemma.clip import pinned_clip
 
         if config.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning {config.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}")
@@ -92,14 +91,7 @@ class UnCLIP(ImagenCascade):
                              "(shapes-imagen), or a single resolution (no SR)")
         if config.prior_sampler not in SAMPLERS:
             raise ValueError(f"prior_sampler {config.prior_sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        folder = resolve_clip(config.clip)
-        digest = _sha256(folder / "model.safetensors")
-        if config.clip_sha256 is not None and digest != config.clip_sha256:
-            raise ValueError(f"{folder}/model.safetensors: sha256 {digest} differs from the {config.clip_sha256} this model "
-                             "was trained with; give the CLIP it was trained on")
-        clip = load_clip(config.clip)
-        config.clip_sha256 = digest
-        config.clip = config.clip if config.clip in shipped_clips() else str(folder.resolve())
+        clip = pinned_clip(config)
         self._embed_dim = int(clip.model.config.projection_dim)  # before the U-Nets: the decoder's projection reads it
         super().__init__(config)
         self.clip = clip  # frozen and external: leaves checkpoints, found again by name or path and hash

@@ -345,28 +345,35 @@ class DFGAN(TextToImageModel):
         z = torch.randn(b, self.config.z_dim, device=real.device)
         D = self.discriminator
         if optimizer_name == "discriminator":
-            real = real.detach().requires_grad_(True)
-            sentence = sentence.detach().requires_grad_(True)
-            real_features = D.features(real)
-            real_logits = D.logits(real_features, sentence)
-            # Mismatched pairs: each image with the next image's sentence.
-            mismatch_logits = D.logits(real_features, sentence.roll(1, dims=0))
-            if self.config.hard_mismatch:
-                hard_logits = D.logits(real_features, self.sentence_embedding(batch["negative_text"]))
-                mismatch_logits = torch.cat([mismatch_logits[: b // 2], hard_logits[b // 2:]])
             with torch.no_grad():
                 fake = self.generator(z, sentence)
-            fake_logits = D.logits(D.features(fake), sentence)
-            loss_real = F.relu(1.0 - real_logits).mean()
-            loss_fake = F.relu(1.0 + fake_logits).mean()
-            loss_mismatch = F.relu(1.0 + mismatch_logits).mean()
-            gp = self.matching_aware_gradient_penalty(real, sentence, real_logits)
-            loss = loss_real + (loss_fake + loss_mismatch) / 2.0 + gp
-            return {"loss": loss, "d_real": loss_real.detach(), "d_fake": loss_fake.detach(),
-                    "d_mismatch": loss_mismatch.detach(), "ma_gp": gp.detach()}
+            return self.discriminator_loss(real, sentence, fake, batch)
         fake = self.generator(z, sentence)
         loss = -D.logits(D.features(fake), sentence).mean()
         return {"loss": loss, "g": loss.detach()}
+
+    def discriminator_loss(self, real: torch.Tensor, sentence: torch.Tensor, fake: torch.Tensor, batch: dict) -> dict:
+        """Hinge loss on real, fake and mismatched pairs, plus MA-GP on the real pairs: `real` and `fake` are what the
+        discriminator reads (DF-GAN: images or latents; GALIP: CLIP features)."""
+        D = self.discriminator
+        real = real.detach().requires_grad_(True)
+        sentence = sentence.detach().requires_grad_(True)
+        real_features = D.features(real)
+        real_logits = D.logits(real_features, sentence)
+        # Mismatched pairs: each image with the next image's sentence.
+        mismatch_logits = D.logits(real_features, sentence.roll(1, dims=0))
+        if self.config.hard_mismatch:
+            b = real.shape[0]
+            hard_logits = D.logits(real_features, self.sentence_embedding(batch["negative_text"]))
+            mismatch_logits = torch.cat([mismatch_logits[: b // 2], hard_logits[b // 2:]])
+        fake_logits = D.logits(D.features(fake.detach()), sentence)
+        loss_real = F.relu(1.0 - real_logits).mean()
+        loss_fake = F.relu(1.0 + fake_logits).mean()
+        loss_mismatch = F.relu(1.0 + mismatch_logits).mean()
+        gp = self.matching_aware_gradient_penalty(real, sentence, real_logits)
+        loss = loss_real + (loss_fake + loss_mismatch) / 2.0 + gp
+        return {"loss": loss, "d_real": loss_real.detach(), "d_fake": loss_fake.detach(),
+                "d_mismatch": loss_mismatch.detach(), "ma_gp": gp.detach()}
 
     def matching_aware_gradient_penalty(self, real: torch.Tensor, sentence: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """MA-GP: k * E[ ||(d D / d image, d D / d sentence)||_2 ^ p ] on real, matching pairs."""

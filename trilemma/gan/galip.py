@@ -38,9 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
-from trilemma.checkpoint import _sha256
-from trilemma.config import parse_config
-from trilemma.gan.dfgan import DFGAN, DFBlock, GBlock, _channels
+from trilemma.gan.dfgan import DFGAN, DFBlock, DFGANConfig, GBlock, _channels
 
 
 @dataclass
@@ -67,16 +65,13 @@ class GALIPConfig:
     latent_scale: float = 1.0  # 1 / std of the training latents, set when training starts
     latent_blocks: int = 0  # DF-GAN generator blocks without resampling at the output grid
     hard_mismatch: bool = False  # half of the mismatched pairs are hard negatives (as the shipped DF-GAN)
+    # Latent mode: show the discriminator the real images as the autoencoder reconstructs them, so that real and
+    # fake both come through the decoder and the decoder's traces do not tell them apart. Off in the shipped
+    # shapes-galip, which CLIP read raw real pixels and decoded fakes (its card).
+    reals_through_autoencoder: bool = False
 
-    @property
-    def grid(self) -> int:
-        if self.autoencoder is None:
-            return self.resolution
-        return self.resolution // 2 ** (len(self.autoencoder["block_out_channels"]) - 1)
-
-    @property
-    def channels(self) -> int:
-        return 3 if self.autoencoder is None else self.autoencoder["latent_channels"]
+    grid = DFGANConfig.grid  # what the generator draws: the image, or the autoencoder's latent
+    channels = DFGANConfig.channels
 
 
 def default_d_layers(depth: int) -> list[int]:
@@ -162,13 +157,14 @@ class Generator(nn.Module):
                                           config.affine_hidden) for _ in range(config.mate_g_blocks)])
         self.to_bridge = nn.Conv2d(config.code_channels, vit.width, 5, 1, 2)
         self.prompt = nn.Linear(cond_dim, vit.width * len(self.prompt_layers))
-        levels = int(math.log2(config.grid // g))
+        levels = int(math.log2(config.grid // g))  # up-sampling blocks from the ViT's grid to the output's
         chs = _channels(config.ngf, levels)
         self.from_bridge = nn.Conv2d(vit.width, chs[0], 5, 1, 2)
         self.blocks = nn.ModuleList(
             [GBlock(cond_dim, a, b, config.affine_hidden) for a, b in zip(chs[:-1], chs[1:])]
             + [GBlock(cond_dim, chs[-1], chs[-1], config.affine_hidden, upsample=False) for _ in range(config.latent_blocks)])
-        # Pixels end in tanh (the range CLIP reads); latents are scaled to unit variance and stay linear.
+        # Pixels end in tanh, the range CLIP reads (the code comments its tanh out and clamps at sampling); latents
+        # are scaled to unit variance and stay linear.
         self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(chs[-1], config.channels, 3, 1, 1),
                                     nn.Tanh() if config.autoencoder is None else nn.Identity())
 
@@ -230,32 +226,25 @@ class GALIP(DFGAN):
 
     def __init__(self, config: GALIPConfig):
         nn.Module.__init__(self)  # DFGAN's networks are replaced, not built
-        from trilemma.clip import load_clip, resolve_clip
-        from trilemma.registry import shipped_clips
+        from trilemma.clip import pinned_clip
 
         if config.resolution < 8 or config.resolution & (config.resolution - 1):
             raise ValueError(f"resolution must be a power of two of at least 8, not {config.resolution}")
-        folder = resolve_clip(config.clip)
-        digest = _sha256(folder / "model.safetensors")
-        if config.clip_sha256 is not None and digest != config.clip_sha256:
-            raise ValueError(f"{folder}/model.safetensors: sha256 {digest} differs from the {config.clip_sha256} this model "
-                             "was trained with; give the CLIP it was trained with (model.clip)")
-        scorer = load_clip(config.clip)
-        config.clip_sha256 = digest
-        config.clip = config.clip if config.clip in shipped_clips() else str(folder.resolve())
+        scorer = pinned_clip(config)
         self.clip = scorer  # frozen and external: leaves checkpoints, found again by name or path and hash
         vit = FrozenViT(scorer)
         if vit.grid < 4:
             raise ValueError(f"the CLIP's ViT has a {vit.grid}x{vit.grid} patch grid; GALIP needs at least 4x4")
-        if config.grid < vit.grid or config.grid % vit.grid or config.grid & (config.grid - 1):
+        ratio = config.grid // vit.grid
+        if ratio < 1 or config.grid % vit.grid or ratio & (ratio - 1):
             raise ValueError(f"the generator's output grid ({config.grid}) must be the CLIP's patch grid ({vit.grid}) "
                              "times a power of two")
         config.d_layers = sorted(config.d_layers) if config.d_layers is not None else default_d_layers(vit.depth)
         config.prompt_layers = sorted(config.prompt_layers) if config.prompt_layers is not None else default_prompt_layers(vit.depth)
         for name in ("d_layers", "prompt_layers"):
-            bad = [i for i in getattr(config, name) if not 0 <= i < vit.depth]
-            if bad or not getattr(config, name):
-                raise ValueError(f"{name} must be block indices in 0..{vit.depth - 1} of the CLIP's ViT, not {getattr(config, name)}")
+            layers = getattr(config, name)
+            if not layers or len(set(layers)) != len(layers) or not all(0 <= i < vit.depth for i in layers):
+                raise ValueError(f"{name} must be distinct block indices in 0..{vit.depth - 1} of the CLIP's ViT, not {layers}")
         self.config = config
         self.resolution = config.resolution
         self.vit = vit
@@ -264,6 +253,7 @@ class GALIP(DFGAN):
             self._set_autoencoder(KLAutoencoder.from_config(config.autoencoder))
         dim = int(scorer.model.config.projection_dim)
         self.generator = Generator(config, vit, dim)
+        self._pending = None  # the fakes of the discriminator's step, for the generator's (see _fakes)
         self.discriminator = Discriminator(config, vit.width, vit.grid, len(config.d_layers), dim)
 
     def external_prefixes(self) -> tuple[str, ...]:
@@ -279,26 +269,16 @@ class GALIP(DFGAN):
     @torch.no_grad()
     def sentence_embedding(self, prompts: list[str]) -> torch.Tensor:
         """The frozen CLIP's sentence embedding, projected and not normalized, as the code uses it."""
-        enc = self.clip.processor.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.clip.max_length,
-                                            return_tensors="pt")
-        device = self.generator.fc.weight.device
-        out = self.clip.model.get_text_features(input_ids=enc["input_ids"].to(device),
-                                                attention_mask=enc["attention_mask"].to(device))
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
+        return self.clip.text_features(prompts)
 
     def fit_whitening(self, captions):
         raise NotImplementedError("GALIP reads CLIP's sentence embedding as it is")
-
-    def num_learnable_parameters(self) -> dict[str, int]:
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        return {"generator": count(self.generator), "discriminator": count(self.discriminator),
-                "frozen_clip": count(self.clip.model),
-                "frozen_autoencoder": count(self.autoencoder) if self.autoencoder is not None else 0}
 
     # --- training -----------------------------------------------------------------
     def prepare_training(self, config, device):
         """Pixels for CLIP to read (the discriminator sees every image through it); in latent mode, the frozen
         autoencoder from init.autoencoder and the scale of its latents (from 1,024 training images)."""
+        from trilemma.data.cache import latent_scale
         from trilemma.data.sources import build_dataset, parse_data_config
 
         data = parse_data_config(config.data, resolution=self.resolution)
@@ -306,14 +286,12 @@ class GALIP(DFGAN):
             raise ValueError(f"data resolution {data.resolution} differs from GALIP's {self.resolution}")
         dataset = build_dataset(data, config.seed)
         if self.autoencoder is not None:
-            self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "GAN"))
+            if not config.init.get("autoencoder"):
+                raise ValueError("GALIP in latent mode draws a trained autoencoder's latents: give its folder as "
+                                 "init.autoencoder (trilemma/weights/shapes-ldm-f8), or remove model.autoencoder")
+            self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init["autoencoder"], "GAN"))
             self.autoencoder.to(device)
-            n = min(1024, len(dataset)) if hasattr(dataset, "__len__") else 1024
-            items = iter(dataset) if not hasattr(dataset, "__getitem__") else (dataset[i] for i in range(n))
-            with torch.no_grad():
-                pixels = torch.stack([next(items)["pixel_values"] for _ in range(n)]).to(device)
-                latents = torch.cat([self.autoencoder.encode(pixels[i:i + 128]) for i in range(0, n, 128)])
-            self.config.latent_scale = float(1.0 / latents.std())
+            self.config.latent_scale = latent_scale(self.autoencoder, dataset, device)
         if self.config.hard_mismatch:
             from trilemma.shapes.negatives import with_hard_negatives
 
@@ -322,40 +300,31 @@ class GALIP(DFGAN):
 
     def _fakes(self, batch: dict) -> dict:
         """The generator's images for this batch and their CLIP features, with their graph: made once in the
-        discriminator's step and reused by the generator's, as the code's loop does."""
-        if "_galip" not in batch:
+        discriminator's step and reused by the generator's, as the code's loop does. Kept on the model, not in the
+        batch (a data-parallel wrapper copies the batch for each call)."""
+        if self._pending is None or self._pending["text"] != list(batch["text"]):
             sentence = self.sentence_embedding(batch["text"])
             z = torch.randn(sentence.shape[0], self.config.z_dim, device=sentence.device)
             maps, embedding = self.vit.features(self.render(self.generator(z, sentence)), self.config.d_layers)
-            batch["_galip"] = {"sentence": sentence, "maps": maps, "embedding": embedding}
-        return batch["_galip"]
+            self._pending = {"text": list(batch["text"]), "sentence": sentence, "maps": maps, "embedding": embedding}
+        return self._pending
+
+    def _real_images(self, batch: dict) -> torch.Tensor:
+        real = batch["pixel_values"]
+        if self.autoencoder is not None and self.config.reals_through_autoencoder:
+            real = self.render(self.autoencoder.encode(real) * self.config.latent_scale)
+        return real
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         fakes = self._fakes(batch)
-        sentence = fakes["sentence"]
-        D = self.discriminator
         if optimizer_name == "discriminator":
             with torch.no_grad():
-                real_maps, _ = self.vit.features(batch["pixel_values"], self.config.d_layers)
-            real_maps = real_maps.requires_grad_(True)
-            sentence = sentence.detach().requires_grad_(True)
-            b = real_maps.shape[0]
-            real_features = D.features(real_maps)
-            real_logits = D.logits(real_features, sentence)
-            mismatch_logits = D.logits(real_features, sentence.roll(1, dims=0))
-            if self.config.hard_mismatch:
-                hard_logits = D.logits(real_features, self.sentence_embedding(batch["negative_text"]))
-                mismatch_logits = torch.cat([mismatch_logits[: b // 2], hard_logits[b // 2:]])
-            fake_logits = D.logits(D.features(fakes["maps"].detach()), sentence.detach())
-            loss_real = F.relu(1.0 - real_logits).mean()
-            loss_fake = F.relu(1.0 + fake_logits).mean()
-            loss_mismatch = F.relu(1.0 + mismatch_logits).mean()
-            gp = self.matching_aware_gradient_penalty(real_maps, sentence, real_logits)
-            loss = loss_real + (loss_fake + loss_mismatch) / 2.0 + gp
-            return {"loss": loss, "d_real": loss_real.detach(), "d_fake": loss_fake.detach(),
-                    "d_mismatch": loss_mismatch.detach(), "ma_gp": gp.detach()}
-        batch.pop("_galip")
-        adversarial = -D.logits(D.features(fakes["maps"]), sentence).mean()
-        similarity = F.cosine_similarity(fakes["embedding"], sentence, dim=-1).mean()
+                real_maps, _ = self.vit.features(self._real_images(batch), self.config.d_layers)
+            # MA-GP is taken on the real image's CLIP features and the sentence, as the code does.
+            return self.discriminator_loss(real_maps, fakes["sentence"], fakes["maps"], batch)
+        self._pending = None
+        D = self.discriminator
+        adversarial = -D.logits(D.features(fakes["maps"]), fakes["sentence"]).mean()
+        similarity = F.cosine_similarity(fakes["embedding"], fakes["sentence"], dim=-1).mean()
         loss = adversarial - self.config.sim_weight * similarity
         return {"loss": loss, "g": adversarial.detach(), "clip_sim": similarity.detach()}
