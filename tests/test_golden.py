@@ -25,6 +25,7 @@ GOLDEN = {
     "shapes-ldm": "586ef7f801b6c21a52bd218d4",
     "shapes-ldm-f8": "bffff8165b9c2b4345106c",
     "shapes-unclip": "60477f0d6d4efebe7a4300",  # shipped with issue 18
+    "shapes-galip": "940eab43a0ecbb735d461c",  # shipped with issue 19
 }
 
 
