@@ -135,18 +135,25 @@ class GBlock(nn.Module):
         return self.shortcut(x) + h
 
 
+def image_decoder(config, cond_dim: int, chs: list[int]) -> tuple[nn.ModuleList, nn.Sequential]:
+    """The generator's up-sampling blocks (channels `chs`), `latent_blocks` more at the output grid, and the output
+    convolution. Pixels end in tanh (GALIP's code comments its tanh out and clamps at sampling); latents are scaled
+    to unit variance with tails past 1, so they stay linear."""
+    blocks = nn.ModuleList(
+        [GBlock(cond_dim, a, b, config.affine_hidden) for a, b in zip(chs[:-1], chs[1:])]
+        + [GBlock(cond_dim, chs[-1], chs[-1], config.affine_hidden, upsample=False) for _ in range(config.latent_blocks)])
+    to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(chs[-1], config.channels, 3, 1, 1),
+                           nn.Tanh() if config.autoencoder is None else nn.Identity())
+    return blocks, to_rgb
+
+
 class Generator(nn.Module):
     def __init__(self, config: DFGANConfig, sentence_dim: int):
         super().__init__()
         chs = _channels(config.ngf, config.levels)
         cond_dim = config.z_dim + sentence_dim
         self.fc = nn.Linear(config.z_dim, chs[0] * 4 * 4)
-        self.blocks = nn.ModuleList(
-            [GBlock(cond_dim, a, b, config.affine_hidden) for a, b in zip(chs[:-1], chs[1:])]
-            + [GBlock(cond_dim, chs[-1], chs[-1], config.affine_hidden, upsample=False) for _ in range(config.latent_blocks)])
-        # Pixels end in tanh; latents are scaled to unit variance with tails past 1, so they stay linear.
-        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(chs[-1], config.channels, 3, 1, 1),
-                                    nn.Tanh() if config.autoencoder is None else nn.Identity())
+        self.blocks, self.to_rgb = image_decoder(config, cond_dim, chs)
 
     def forward(self, z: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], -1, 4, 4)

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
-from trilemma.gan.dfgan import DFGAN, DFBlock, DFGANConfig, GBlock, _channels
+from trilemma.gan.dfgan import DFGAN, DFBlock, DFGANConfig, _channels, image_decoder
+from trilemma.gan.dfgan import Discriminator as DFGANDiscriminator
 
 
 @dataclass
@@ -160,13 +161,7 @@ class Generator(nn.Module):
         levels = int(math.log2(config.grid // g))  # up-sampling blocks from the ViT's grid to the output's
         chs = _channels(config.ngf, levels)
         self.from_bridge = nn.Conv2d(vit.width, chs[0], 5, 1, 2)
-        self.blocks = nn.ModuleList(
-            [GBlock(cond_dim, a, b, config.affine_hidden) for a, b in zip(chs[:-1], chs[1:])]
-            + [GBlock(cond_dim, chs[-1], chs[-1], config.affine_hidden, upsample=False) for _ in range(config.latent_blocks)])
-        # Pixels end in tanh, the range CLIP reads (the code comments its tanh out and clamps at sampling); latents
-        # are scaled to unit variance and stay linear.
-        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(chs[-1], config.channels, 3, 1, 1),
-                                    nn.Tanh() if config.autoencoder is None else nn.Identity())
+        self.blocks, self.to_rgb = image_decoder(config, cond_dim, chs)  # DF-GAN's, as the code's G_Blocks
 
     def forward(self, z: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
         cond = torch.cat([z, sentence], dim=1)
@@ -215,13 +210,10 @@ class Discriminator(nn.Module):
             h = block(h, clip_maps[:, i + 1])
         return self.main(h)
 
-    def logits(self, features: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        tiled = sentence[:, :, None, None].expand(-1, -1, features.shape[2], features.shape[3])
-        return self.joint(torch.cat([features, tiled], dim=1)).view(-1)
+    logits = DFGANDiscriminator.logits  # the one-way output: the map with the tiled sentence, to one logit
 
 
 class GALIP(DFGAN):
-    family = "gan"
     config_class = GALIPConfig
 
     def __init__(self, config: GALIPConfig):
