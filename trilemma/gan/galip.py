@@ -31,7 +31,7 @@ text encoders, its weights stay out of the checkpoint, which names it and checks
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
