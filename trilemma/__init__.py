@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 
 def load(name_or_dir: str | Path = None):
-    """A model by shipped name (see `trilemma models`) or from a checkpoint folder."""
+    """A model by shipped name (see `trilemma models`), from a checkpoint folder, or from a diffusers pipeline folder
+    that `trilemma export` wrote (`trilemma.interop.diffusers_layout`)."""
     from trilemma.checkpoint import CheckpointError
     from trilemma.model import TrainableModel
     from trilemma.registry import DEFAULT_MODEL, shipped_models
@@ -26,6 +27,10 @@ def load(name_or_dir: str | Path = None):
         return TrainableModel.from_pretrained(shipped[str(name_or_dir)])
     path = Path(name_or_dir)
     if path.exists():
+        from trilemma.interop.diffusers_layout import import_diffusers, is_diffusers_folder
+
+        if is_diffusers_folder(path):
+            return import_diffusers(path)
         return TrainableModel.from_pretrained(path)
     raise CheckpointError(
         f"unknown model {str(name_or_dir)!r}: neither a shipped model ({', '.join(shipped) or 'none shipped'}) nor a folder"

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--conditioning", choices=["image", "text", "caption"],
                      help="unCLIP: decode the prior's image embedding (default), the CLIP text embedding, or the caption alone")
     gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--init-image", metavar="IMAGE", help="diffusion models: image-to-image (SDEdit) from this PNG or JPEG")
+    gen.add_argument("--strength", type=_option("strength"),
+                     help="with --init-image: how far into the noise the image goes, in (0, 1] (default 0.6; 1: ignore it)")
     gen.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
     gen.add_argument("--rerank", type=_option("candidates"), metavar="N",
                      help="CLIP reranking (DALL-E's): draw N candidates per image (at most 64) and keep the one CLIP "
@@ -151,6 +154,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="move the sentence embedding, z (spherically), or both")
     it.add_argument("--truncation", type=_option("truncation"))
     it.add_argument("--out", default="out")
+
+    ed = sub.add_parser("edit", help="inpainting: redraw the masked region of an image to match a prompt (diffusion models)")
+    ed.add_argument("image", help="the image to edit (PNG or JPEG; resized to the model's side)")
+    ed.add_argument("prompt", nargs="?", help="what the whole edited image shows")
+    where = ed.add_mutually_exclusive_group()
+    where.add_argument("--mask", metavar="MASK", help="a mask image: white where the model draws, black where the image stays")
+    where.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                       help="the region to redraw, in pixels of IMAGE (X1 and Y1 excluded)")
+    ed.add_argument("--model", default=None, help="a diffusion model: shipped name or folder (default: the shipped "
+                                                  "inpainting model, or the default model)")
+    ed.add_argument("--method", choices=["model", "repaint"],
+                    help="model: an inpainting model reads the mask (its default); repaint: any diffusion model, training-free")
+    ed.add_argument("--resample", type=_option("resample"), default=1,
+                    help="repaint: RePaint's resamplings per step (above 1 needs --sampler ddpm or ddim)")
+    ed.add_argument("-n", "--num-images", type=_positive(int, 1000), default=1, help="images (at most 1000)")
+    ed.add_argument("--seed", type=_option("seed"), default=0)
+    ed.add_argument("--steps", type=_option("steps"))
+    ed.add_argument("--guidance-scale", type=_option("guidance_scale"))
+    ed.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
+    ed.add_argument("--negative-prompt", default="")
+    ed.add_argument("--keep-unmasked", action="store_true",
+                    help="paste the input's pixels back outside the mask (otherwise they pass through the autoencoder)")
+    ed.add_argument("--batch-size", type=_option("batch_size"), default=50)
+    ed.add_argument("--out", default="out")
+
+    ex = sub.add_parser("export", help="write a model in another library's layout (diffusers)")
+    ex.add_argument("model", help="a shipped model name or a checkpoint folder")
+    ex.add_argument("out", help="the folder to write")
+    ex.add_argument("--format", choices=["diffusers"], default="diffusers")
 
     va = sub.add_parser("vary", help="unCLIP: variations of images (their CLIP image embedding, decoded with other seeds)")
     va.add_argument("images", nargs="+", metavar="IMAGE")
@@ -328,6 +360,7 @@ def cmd_generate(args) -> None:
         from trilemma.clip import DEFAULT_CLIP, load_clip
 
         scorer = load_clip(args.clip or DEFAULT_CLIP)  # before the model loads or --out is made: one line if missing
+    init_image = _read_images([args.init_image])[0] if args.init_image else None  # before the model loads
     out = ensure_writable(args.out)
     model = require_generator(trilemma.load(args.model), args.model)
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
@@ -342,11 +375,18 @@ def cmd_generate(args) -> None:
                if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
+    if args.strength is not None and not args.init_image:
+        raise ValueError("--strength is image-to-image's; give --init-image IMAGE too")
+    if args.init_image:
+        options["init_image"] = init_image
+        if args.strength is not None:
+            options["strength"] = args.strength
     accepted = inspect.signature(model.generate).parameters
     unsupported = [k for k in options if k not in accepted]
     if unsupported:
         flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
-        raise ValueError(f"{args.model} ({type(model).__name__}) does not take {flags}")
+        raise ValueError(f"{args.model} ({type(model).__name__}) does not take {flags}"
+                         + ("; image-to-image takes a diffusion model" if "init_image" in unsupported else ""))
     if len(prompts) * args.num_images > MAX_IMAGES_PER_RUN:
         raise ValueError(f"{len(prompts)} prompts x {args.num_images} images is over {MAX_IMAGES_PER_RUN:,} images a run; "
                          "split the prompts into several runs")
@@ -435,6 +475,73 @@ def _read_images(paths: list[str]) -> list:
         except (ValueError, Image.DecompressionBombError) as e:  # a mode PIL cannot convert; an image too large to trust
             raise ValueError(f"{path} cannot be read as an RGB image ({str(e).splitlines()[0][:120]}); give a PNG or JPEG") from None
     return images
+
+
+def default_edit_model() -> str:
+    from trilemma.registry import INPAINTING_MODEL, shipped_models
+
+    return INPAINTING_MODEL if INPAINTING_MODEL in shipped_models() else "shapes-ldm-f8"
+
+
+def cmd_edit(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    import trilemma
+    from trilemma.diffusion.editing import box_mask
+    from trilemma.folders import FolderLock, ensure_writable
+    from trilemma.grid import image_grid
+
+    if not args.prompt or not args.prompt.strip():
+        raise ValueError("give a prompt for the edited image: trilemma edit IMAGE --box X0 Y0 X1 Y1 \"a red circle\"")
+    if args.mask is None and args.box is None:
+        raise ValueError("say where to draw: --mask MASK.png (white: redraw) or --box X0 Y0 X1 Y1 (pixels)")
+    image = _read_images([args.image])[0]  # before the model loads: a bad file costs nothing
+    if args.box is not None:
+        mask = box_mask(tuple(args.box), *image.size)
+    else:
+        mask = _read_images([args.mask])[0].convert("L")
+        if mask.size != image.size:
+            raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}; "
+                             "give a mask of the image's size")
+        if not np.asarray(mask).max() >= 128:
+            raise ValueError(f"{args.mask} has no white pixel: paint white where the image should change")
+    name = args.model or default_edit_model()
+    model = trilemma.load(name)
+    if not hasattr(model, "inpaint"):
+        raise ValueError(f"{name} ({type(model).__name__}) does not inpaint; edit takes a latent diffusion model "
+                         "(shapes-ldm-f8-inpaint, shapes-ldm-f8, shapes-ldm)")
+    out = ensure_writable(args.out)
+    options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
+                                 "method": args.method}.items() if v is not None}
+    n = args.num_images
+    with FolderLock(out, "trilemma edit"), open(out / "metadata.jsonl", "w") as f:
+        done = []
+        for start in range(0, n, args.batch_size):
+            k = min(args.batch_size, n - start)
+            batch = model.inpaint([args.prompt] * k, image, mask, seed=args.seed + start, negative_prompt=args.negative_prompt,
+                                  resample=args.resample, **options)
+            for j, result in enumerate(batch, start=start):
+                if args.keep_unmasked:
+                    keep = mask.resize(result.size, Image.Resampling.NEAREST).point(lambda v: 255 if v >= 128 else 0)
+                    result = Image.composite(result, image.convert("RGB").resize(result.size, Image.Resampling.BICUBIC), keep)
+                result.save(out / f"{j:06d}.png")
+                done.append(result)
+                f.write(json.dumps({"file_name": f"{j:06d}.png", "text": args.prompt, "seed": args.seed + j,
+                                    "source": str(args.image), "mask": args.mask or {"box": args.box},
+                                    "method": args.method or model.default_inpainting, "model": name}) + "\n")
+            f.flush()
+        shown = [image.convert("RGB").resize(done[0].size), mask.convert("RGB").resize(done[0].size)] + done[:62]
+        image_grid(shown, ["input", "mask"] + [f"seed {args.seed + j}" for j in range(len(shown) - 2)],
+                   cols=min(8, len(shown))).save(out / "grid.png")
+    print(f"wrote {n} edited images, metadata.jsonl and grid.png to {out}")
+
+
+def cmd_export(args) -> None:
+    from trilemma.interop.diffusers_layout import export_diffusers
+
+    path = export_diffusers(args.model, args.out)
+    print(f"wrote a diffusers folder to {path}; load it with diffusers' {json.loads((path / 'model_index.json').read_text())['_class_name']}.from_pretrained")
 
 
 def cmd_vary(args) -> None:
@@ -625,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     from trilemma.train.loop import TrainingDiverged
 
     handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models,
-                "interpolate": cmd_interpolate, "vary": cmd_vary, "evaluate": cmd_evaluate, "compare": cmd_compare}
+                "interpolate": cmd_interpolate, "vary": cmd_vary, "edit": cmd_edit, "export": cmd_export, "evaluate": cmd_evaluate, "compare": cmd_compare}
     try:
         handlers[args.command](args)
     except (CheckpointError, PromptError, TrainingDiverged, ValueError, OSError, KeyError) as e:

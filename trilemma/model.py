@@ -157,6 +157,7 @@ GENERATE_OPTIONS = {
     "eta": ("float", 0.0, 1.0, False), "aug_level": ("float", 0.0, 1.0, False),
     "threshold_percentile": ("float", 0.0, 1.0, True), "threshold_max_value": ("float", 1.0, INF, False),
     "clip_guidance": ("float", 0.0, 10000.0, False),
+    "strength": ("float", 0.0, 1.0, True), "resample": ("int", 1, 50, False),
     "prior_guidance_scale": ("float", 0.0, 100.0, False), "prior_steps": ("int", 1, 1000, False),
     "prior_candidates": ("int", 1, 64, False),
     "temperature": ("float", 0.0, 100.0, True), "top_p": ("float", 0.0, 1.0, True), "truncation": ("float", 0.0, 100.0, True),

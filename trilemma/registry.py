@@ -14,6 +14,7 @@ MODEL_CLASSES = {
     "KLAutoencoder": "trilemma.autoencoders.kl:KLAutoencoder",
     "VQTokenizer": "trilemma.autoencoders.vq:VQTokenizer",
     "LatentDiffusion": "trilemma.diffusion.latent_diffusion:LatentDiffusion",
+    "LatentInpainting": "trilemma.diffusion.inpainting:LatentInpainting",
     "ImagenCascade": "trilemma.diffusion.imagen:ImagenCascade",
     "UnCLIP": "trilemma.diffusion.unclip:UnCLIP",
     "DalleTransformer": "trilemma.autoregressive.dalle:DalleTransformer",
@@ -39,6 +40,7 @@ def model_class(name: str):
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "shapes-imagen"
+INPAINTING_MODEL = "shapes-ldm-f8-inpaint"  # what `trilemma edit` uses when no model is named
 
 
 FEATURE_NETWORK = "shapes-features"  # shipped beside the models, but an evaluation network, not a generator

@@ -30,6 +30,7 @@ from torch import nn
 from trilemma.config import parse_config
 from trilemma.diffusion.guidance import noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
+from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, stage_edit
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
 from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
@@ -275,8 +276,12 @@ class ImagenCascade(TextToImageModel):
                  eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
                  sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None,
                  threshold_percentile: float | None = None, threshold_max_value: float | None = None,
-                 clip_guidance: float | None = None, guidance_clip: str | None = None):
+                 clip_guidance: float | None = None, guidance_clip: str | None = None, init_image=None,
+                 strength: float | None = None):
         """Images from the last stage (or from the first `stages` stages), one per prompt.
+
+        `init_image` (one, or one per prompt) with `strength` in (0, 1] (default 0.6): image-to-image (SDEdit) in
+        the base stage, from the image at the base's side; the SR stages then enlarge the result as usual.
 
         `threshold_max_value` caps dynamic thresholding's s in every stage (inf: uncapped, as in Imagen's
         pseudocode); unset, each stage takes its config's cap. `clip_guidance` > 0 steers the base stage with a
@@ -285,7 +290,28 @@ class ImagenCascade(TextToImageModel):
         """
         return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
                                           progress, eta, thresholding, aug_level, sr_steps, stages, sr_guidance_scale,
-                                          threshold_percentile, threshold_max_value, clip_guidance, guidance_clip))
+                                          threshold_percentile, threshold_max_value, clip_guidance, guidance_clip,
+                                          edit=init_edit(init_image, strength, len(check_prompts(prompts)), self.resolution)))
+
+    @torch.no_grad()
+    def inpaint(self, prompts, image, mask, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
+                sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
+                method: str | None = None, resample: int = 1):
+        """Redraw the white region of `mask` in `image` to match each prompt, RePaint's way (training-free): at every
+        stage the region outside the mask is the input at that stage's side, noised to each step's level."""
+        return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
+                                          progress, edit=inpaint_edit(image, mask, method, resample, self.resolution),
+                                          **self._edit_model_options()))
+
+    inpainting_methods = ("repaint",)
+    default_inpainting = "repaint"
+
+    def _edit_model_options(self) -> dict:
+        return {}
+
+    def _stage_edit(self, stage: int, edit: dict | None, size: int) -> dict:
+        """The edit's arguments to `sample` at one stage: SDEdit in the base only, RePaint at every stage."""
+        return stage_edit(stage, edit, size, next(self.unets[stage].parameters()).device)
 
     @torch.no_grad()
     def sample_tensors(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
@@ -332,6 +358,7 @@ class ImagenCascade(TextToImageModel):
             chunk = prompts[start:start + batch_size]
             # Per-prompt tensors among a subclass's options (unCLIP's embeddings) go with their prompts.
             per_chunk = {k: v[start:start + batch_size] if torch.is_tensor(v) else v for k, v in options.items()}
+            per_chunk["edit"] = edit_rows(per_chunk.get("edit"), start, len(chunk), len(prompts))
             chunks.append(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **per_chunk))
         return torch.cat(chunks)
 
@@ -344,7 +371,7 @@ class ImagenCascade(TextToImageModel):
 
     def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sr_guidance_scale, sampler, negative_prompt, eta,
                  thresholding, aug_level, stages, progress, percentile, max_values, classifier=None,
-                 clip_guidance=0.0, image=None, start=0) -> torch.Tensor:
+                 clip_guidance=0.0, image=None, start=0, edit=None) -> torch.Tensor:
         """Stages `start` to `stages` - 1; from `start` > 0, `image` is the previous stage's output."""
         base_scale = guidance_scale
         for stage in range(start, stages):
@@ -368,7 +395,7 @@ class ImagenCascade(TextToImageModel):
             image = sample(denoise, (3, size, size), stage_seeds, make_sampler(sampler, self.noise_scheduler.config),
                            steps if stage == 0 else sr_steps, cond, uncond, guidance_scale, self.config.prediction_type,
                            thresholding=thresholding, percentile=percentile, max_value=max_values[stage], eta=eta,
-                           progress=progress, device=device, guide=guide)
+                           progress=progress, device=device, guide=guide, **self._stage_edit(stage, edit, size))
             if stage < stages - 1:
                 image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range
         return image

@@ -18,10 +18,11 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
+from trilemma.diffusion.editing import covering_mask, edit_rows, image_tensor, init_edit, mask_tensor
 from trilemma.diffusion.guidance import decoded_clip_guide
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
-from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
+from trilemma.model import TextToImageModel, TrainableModel, check_options, check_prompts, to_pil
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
 
@@ -46,6 +47,11 @@ class LatentDiffusionConfig:
     # carry no absolute position, so without them "left" and "above" can only be
     # read off the zero padding at the borders.
     coord_channels: bool = False
+    # Whether the U-Net's cross-attention skips the prompt's padding tokens. Stable Diffusion's does not (it
+    # attends to all 77 positions) and diffusers' pipelines pass no mask, so a model meant to export to
+    # StableDiffusionPipeline (`trilemma export`) is trained with False; masking changed 8 shapes-ldm-f8
+    # images by 0.1-14.6 of 255 per pixel, so the two are not interchangeable at sampling time.
+    cross_attention_mask: bool = True
     sampler: str = "dpmsolver++"
     sampling_steps: int = 25
     guidance_scale: float = 3.0
@@ -66,7 +72,7 @@ class LatentDiffusion(TextToImageModel):
         ae = self.autoencoder.config
         n = len(config.unet_channels)
         self.unet = UNet2DConditionModel(
-            sample_size=self.latent_size, in_channels=ae.latent_channels + 2 * config.coord_channels,
+            sample_size=self.latent_size, in_channels=ae.latent_channels + 2 * config.coord_channels + self.extra_input_channels(),
             out_channels=ae.latent_channels,
             down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
             up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
@@ -78,6 +84,10 @@ class LatentDiffusion(TextToImageModel):
             num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
             prediction_type=config.prediction_type, clip_sample=False,
         )
+
+    def extra_input_channels(self) -> int:
+        """Input channels beside the noisy latent and the coordinates (an inpainting model's conditioning)."""
+        return 0
 
     def _set_autoencoder(self, autoencoder: KLAutoencoder) -> None:
         self.autoencoder = autoencoder.requires_grad_(False)  # the first stage is trained on its own, then frozen
@@ -105,13 +115,45 @@ class LatentDiffusion(TextToImageModel):
         return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
 
     def prepare_training(self, config, device):
-        """Load the trained autoencoder, encode a cache of training latents once, set the latent scale."""
+        """Load the trained autoencoder (or a whole trained model to fine-tune, `init.model`), encode a cache of
+        training latents once, set the latent scale."""
         from trilemma.data.cache import latent_training_set
 
+        if config.init.get("model"):
+            self.init_from(config.init["model"])
+            self.autoencoder.to(device).eval()
+            scale = self.config.latent_scale  # the donor's: its U-Net learnt latents at that scale
+            _, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
+            self.config.latent_scale = scale
+            return dataset
         self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "U-Net"))
         self.autoencoder.to(device).eval()
         self.config.latent_scale, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
         return dataset
+
+    def init_from(self, source: str) -> None:
+        """Start from a trained latent diffusion model (fine-tuning): its U-Net, text encoder, tokenizer,
+        autoencoder and latent scale. The U-Net's input may grow (an inpainting model's extra channels,
+        `trilemma.diffusion.inpainting`); its other shapes must match this recipe's."""
+        donor = TrainableModel.from_pretrained(source)
+        if not isinstance(donor, LatentDiffusion):
+            raise ValueError(f"init.model {source} holds a {type(donor).__name__}, not a latent diffusion model")
+        mine, theirs = self.unet.state_dict(), donor.unet.state_dict()
+        for key, value in theirs.items():
+            if key == "conv_in.weight" and value.shape != mine[key].shape:
+                # New input channels start at zero (SD-inpainting's recipe), so the fine-tune starts from the donor's function.
+                grown = torch.zeros_like(mine[key])
+                grown[:, : value.shape[1]] = value
+                theirs[key] = grown
+            elif key not in mine or value.shape != mine[key].shape:
+                raise ValueError(f"init.model {source}: its U-Net's {key} is {tuple(value.shape)}, this recipe's is "
+                                 f"{tuple(mine[key].shape) if key in mine else 'absent'}; copy its 'model' config")
+        self.unet.load_state_dict(theirs)
+        self.tokenizer = donor.tokenizer
+        self.config.tokenizer = donor.config.tokenizer
+        self.text_encoder, self.tokenize, self.config.text_encoder = donor.text_encoder, donor.tokenize, donor.config.text_encoder
+        self._set_autoencoder(donor.autoencoder)
+        self.config.latent_scale = donor.config.latent_scale
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.unet.parameters()).device
@@ -125,7 +167,8 @@ class LatentDiffusion(TextToImageModel):
             ramp = torch.linspace(-1.0, 1.0, x.shape[-1], device=x.device, dtype=x.dtype)
             ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
             x = torch.cat([x, torch.stack([xs, ys]).expand(x.shape[0], -1, -1, -1)], dim=1)
-        return self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        return self.unet(x, t, encoder_hidden_states=states,
+                         encoder_attention_mask=mask if self.config.cross_attention_mask else None).sample
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         if "latents" in batch:
@@ -150,37 +193,90 @@ class LatentDiffusion(TextToImageModel):
     @torch.no_grad()
     def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
-                 eta: float = 0.0, clip_guidance: float | None = None, guidance_clip: str | None = None):
+                 eta: float = 0.0, clip_guidance: float | None = None, guidance_clip: str | None = None,
+                 init_image=None, strength: float | None = None):
         """One image per prompt. `clip_guidance` > 0 steers the sampler with CLIP read on the decoded prediction of the
-        clean image (`trilemma.diffusion.guidance.decoded_clip_guide`); `guidance_clip` names the CLIP (default shapes-clip)."""
+        clean image (`trilemma.diffusion.guidance.decoded_clip_guide`); `guidance_clip` names the CLIP (default shapes-clip).
+        `init_image` (a PIL image, or one per prompt) with `strength` in (0, 1]: image-to-image (SDEdit): the image's
+        latent noised to that fraction of the schedule, then denoised under the prompt (default strength 0.6)."""
         prompts = check_prompts(prompts)
         check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta,
                       clip_guidance=clip_guidance)
+        edit = init_edit(init_image, strength, len(prompts), self.resolution)
         clip = None
         if clip_guidance:
             from trilemma.clip import DEFAULT_CLIP, load_clip
 
             clip = load_clip(guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
+        if edit:  # SDEdit starts from the image's latent
+            device = next(self.unet.parameters()).device
+            edit = {"init": self.autoencoder.encode(edit["init"].to(device)) * self.config.latent_scale,
+                    "strength": edit["strength"]}
+        return self._generate_all(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress,
+                                  eta=eta, clip=clip, clip_guidance=clip_guidance or 0.0, **(edit or {}))
+
+    @torch.no_grad()
+    def inpaint(self, prompts, image, mask, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
+                sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
+                method: str | None = None, resample: int = 1):
+        """Redraw the white region of `mask` in `image` to match each prompt (text-guided inpainting). A plain text-to-image
+        model does it training-free, RePaint's way (`method="repaint"`, `trilemma.diffusion.sampling`): in latent
+        space, every latent cell under the mask is drawn and the others are kept. `resample` > 1 is RePaint's
+        resampling (with the ddpm or ddim sampler). Outside the mask the decoded image is close to, not equal to, the
+        input (the autoencoder's reconstruction): paste the original back where it must be exact."""
+        prompts = check_prompts(prompts)
+        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, resample=resample)
+        method = method or self.default_inpainting
+        if method not in self.inpainting_methods:
+            raise ValueError(f"{type(self).__name__} inpaints by {' or '.join(self.inpainting_methods)}, not {method!r}"
+                             + ("; the 'model' method needs an inpainting model (shapes-ldm-f8-inpaint)" if method == "model" else ""))
+        device = next(self.unet.parameters()).device
+        x = image_tensor(image, self.resolution).to(device)
+        m = mask_tensor(mask, self.resolution).to(device)
+        return self._inpaint(prompts, x, m, method, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
+                             progress, resample)
+
+    inpainting_methods = ("repaint",)
+    default_inpainting = "repaint"
+
+    def _inpaint(self, prompts, x, m, method, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress,
+                 resample):
+        z0 = self.autoencoder.encode(x) * self.config.latent_scale
+        keep = 1.0 - covering_mask(m, self.latent_size)
+        return self._generate_all(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress,
+                                  known=(z0, keep), resample=resample)
+
+    def _generate_all(self, prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress, **edit):
+        """Sample in batches; `edit` holds per-batch-broadcast edit inputs (init, known, cond) and their options."""
         steps = self.config.sampling_steps if steps is None else steps
         if steps < 1:
             raise ValueError("steps must be at least 1")
         images = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
+            sliced = edit_rows(edit, start, len(chunk), len(prompts))
             images += self._generate_batch(chunk, [seed + start + i for i in range(len(chunk))], steps,
                                            self.config.guidance_scale if guidance_scale is None else guidance_scale,
                                            self.config.sampler if sampler is None else sampler, negative_prompt,
-                                           progress, eta, clip, clip_guidance or 0.0)
+                                           progress, **sliced)
         return images
 
     def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress, eta=0.0,
-                        clip=None, clip_guidance=0.0):
+                        clip=None, clip_guidance=0.0, init=None, strength=1.0, known=None, resample=1, cond=None):
         device = next(self.unet.parameters()).device
         uncond = self.encode_text([negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
         guide = None
         if clip is not None:
             guide = decoded_clip_guide(clip, lambda z: self.autoencoder.decode(z / self.config.latent_scale), prompts, clip_guidance)
-        latents = sample(self.denoise, (self.latent_channels, self.latent_size, self.latent_size), seeds,
+        denoise = self.denoise
+        if cond is not None:  # an inpainting model's extra input channels (mask, masked image latents), per image
+            def conditioned(x, t, states, mask):
+                extra = cond if x.shape[0] == cond.shape[0] else torch.cat([cond] * (x.shape[0] // cond.shape[0]))
+                return self.denoise(torch.cat([x, extra.to(x.dtype)], dim=1), t, states, mask)
+
+            denoise = conditioned
+        latents = sample(denoise, (self.latent_channels, self.latent_size, self.latent_size), seeds,
                          self.make_sampler(sampler_name), steps, self.encode_text(prompts), uncond, guidance_scale,
-                         self.config.prediction_type, eta=eta, progress=progress, device=device, guide=guide)
+                         self.config.prediction_type, eta=eta, progress=progress, device=device, guide=guide,
+                         init=init, strength=strength, known=known, resample=resample)
         return to_pil(self.autoencoder.decode(latents / self.config.latent_scale))

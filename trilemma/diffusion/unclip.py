@@ -37,8 +37,9 @@ from torch import nn
 from trilemma.checkpoint import read_config
 from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed
 from trilemma.diffusion.objective import denoising_loss
+from trilemma.diffusion.editing import init_edit
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
-from trilemma.model import check_option, to_pil
+from trilemma.model import check_option, check_prompts, to_pil
 
 CONDITIONINGS = ("image", "text", "caption")  # what the decoder is given (the paper's ablation, Fig. 16)
 PARTS = ("prior", "decoder")
@@ -266,13 +267,19 @@ class UnCLIP(ImagenCascade):
                  sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None,
                  threshold_percentile: float | None = None, threshold_max_value: float | None = None,
                  prior_guidance_scale: float | None = None, prior_steps: int | None = None,
-                 prior_candidates: int | None = None, conditioning: str | None = None):
+                 prior_candidates: int | None = None, conditioning: str | None = None, init_image=None,
+                 strength: float | None = None):
         """Images, one per prompt: the prior's image embedding (or, by `conditioning`, the CLIP text embedding, or
-        none) and the caption, decoded and enlarged. `guidance_scale` guides the decoder, `prior_guidance_scale` the prior."""
+        none) and the caption, decoded and enlarged. `guidance_scale` guides the decoder, `prior_guidance_scale` the prior.
+        `init_image` and `strength`: image-to-image (SDEdit) in the decoder, as in `ImagenCascade.generate`."""
         return to_pil(self.sample_tensors(
             prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress, eta, thresholding,
             aug_level, sr_steps, stages, sr_guidance_scale, threshold_percentile, threshold_max_value,
+            edit=init_edit(init_image, strength, len(check_prompts(prompts)), self.resolution),
             **self._unclip_options(prior_guidance_scale, prior_steps, prior_candidates, conditioning)))
+
+    def _edit_model_options(self) -> dict:
+        return self._unclip_options()
 
     def _unclip_options(self, prior_guidance_scale=None, prior_steps=None, prior_candidates=None, conditioning=None,
                         embeddings=None, use_caption=True) -> dict:
@@ -311,7 +318,7 @@ class UnCLIP(ImagenCascade):
                        make_sampler(options["sampler"], self.noise_scheduler.config), options["steps"], cond, uncond,
                        options["guidance_scale"], self.config.prediction_type, thresholding=options["thresholding"],
                        percentile=options["percentile"], max_value=options["max_values"][0], eta=options["eta"],
-                       progress=options["progress"], device=device)
+                       progress=options["progress"], device=device, **self._stage_edit(0, options.get("edit"), size))
         if options["stages"] == 1:
             return image
         return super()._cascade(captions, seeds, image=image.clamp(-1.0, 1.0), start=1, **options)

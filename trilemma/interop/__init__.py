@@ -1,0 +1,1 @@
+"""Other libraries' layouts: models that leave trilemma and come back (`trilemma export`, `trilemma.load`)."""
