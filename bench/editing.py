@@ -173,7 +173,8 @@ def main() -> None:
                                                            for t in tasks))
     for target, ex in examples.items():
         names = list(ex)
-        image_grid([ex[name][j] for j in range(8) for name in names], [name if j == 0 else "" for j in range(8) for name in names],
+        rows = min(8, len(ex["input"]))
+        image_grid([ex[name][j] for j in range(rows) for name in names], [name if j == 0 else "" for j in range(rows) for name in names],
                    cols=len(names)).save(out / f"examples-{target}.png")
     report = {"scorer_version": SCORER_VERSION, "n_per_target": args.n, "models": {"inpaint": args.inpaint, "base": args.base,
               "extra_repaint": args.extra_repaint}, "seconds": {k: round(v, 1) for k, v in timing.items()},

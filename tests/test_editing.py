@@ -28,7 +28,8 @@ def _sample(**kw):
 
     sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     cond = (torch.ones(2, 3, 8), torch.ones(2, 3, dtype=torch.long))
-    return sample(_random_denoiser(), (4, 8, 8), [0, 1], make_sampler(kw.pop("sampler", "dpmsolver++"), sched.config),
+    return sample(kw.pop("denoise", None) or _random_denoiser(), (4, 8, 8), [0, 1],
+                  make_sampler(kw.pop("sampler", "dpmsolver++"), sched.config),
                   kw.pop("steps", 10), cond, None, 1.0, "v_prediction", device="cpu", **kw)
 
 
@@ -43,6 +44,54 @@ def test_repaint_keeps_the_known_region_exactly_and_draws_the_hole():
         assert not torch.allclose(out[..., 4:], x0[..., 4:], atol=0.1)
     # The hole is the model's: without resampling it is not the plain sample (the kept half steers it through the model)
     assert not torch.allclose(_sample(known=(x0, keep))[..., 4:], plain[..., 4:])
+
+
+@pytest.mark.parametrize("sampler,resample", [("dpmsolver++", 1), ("ddim", 3), ("ddpm", 2)])
+def test_repaint_calls_the_model_steps_times_resample_times(sampler, resample):
+    calls = []
+    denoise = _random_denoiser()
+
+    def counting(x, t, states, mask):
+        calls.append(int(t))
+        return denoise(x, t, states, mask)
+    _sample(known=(torch.zeros(2, 4, 8, 8), torch.ones(1, 1, 8, 8)), sampler=sampler, resample=resample, steps=7,
+            denoise=counting)
+    assert len(calls) == 7 * resample and calls[:resample] == [calls[0]] * resample
+
+
+def test_repaint_noises_the_kept_region_to_where_ddim_lands():
+    """DDIM steps by T // steps, not always to the next listed timestep (trailing spacing at 30 steps: 966 -> 933,
+    listed 932): the kept region must be noised to the level the step lands on, read off the step itself."""
+    from diffusers import DDPMScheduler
+
+    from trilemma.diffusion.sampling import landing_alpha_bar, make_sampler
+
+    sched = make_sampler("ddim", DDPMScheduler(beta_schedule="squaredcos_cap_v2").config)
+    sched.set_timesteps(30)
+    ab = sched.alphas_cumprod.float()
+    x = torch.ones(1, 1, 2, 2)
+    for i, t in enumerate(sched.timesteps):
+        # epsilon 0, eta 0: x_prev = sqrt(ab_prev / ab_t) x_t, so the landing level is ab_t (x_prev / x_t)^2
+        landed = ab[t] * (sched.step(torch.zeros_like(x), t, x).prev_sample.float()[0, 0, 0, 0] / x[0, 0, 0, 0]) ** 2
+        assert torch.isclose(landing_alpha_bar(sched, ab, sched.timesteps, i), landed, rtol=1e-4), (i, int(t))
+
+
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim", "ddpm"])
+def test_sdedit_takes_the_last_strength_x_steps_timesteps_as_diffusers_img2img(sampler):
+    calls = []
+    denoise = _random_denoiser()
+
+    def counting(x, t, states, mask):
+        calls.append(int(t))
+        return denoise(x, t, states, mask)
+    _sample(init=torch.zeros(2, 4, 8, 8), strength=0.55, steps=20, sampler=sampler, denoise=counting)
+    from diffusers import DDPMScheduler
+
+    from trilemma.diffusion.sampling import make_sampler
+
+    sched = make_sampler(sampler, DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").config)
+    sched.set_timesteps(20)
+    assert calls == [int(t) for t in sched.timesteps[20 - int(20 * 0.55):]]  # img2img's get_timesteps
 
 
 def test_repaint_resampling_is_refused_with_a_multistep_solver():

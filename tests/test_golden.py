@@ -23,7 +23,7 @@ GOLDEN = {
     "shapes-dfgan": "9f4d8a0a1bf3771ecc691fe",
     "shapes-imagen": "4aa43eb27e3fa4b8eff7d0",
     "shapes-ldm": "586ef7f801b6c21a52bd218d4",
-    "shapes-ldm-f8": "bffff8165b9c2b4345106c",
+    "shapes-ldm-f8": "0358a9bc862d4d855f4a59",  # fine-tuned without the padding mask in issue 20 (diffusers export)
     "shapes-unclip": "60477f0d6d4efebe7a4300",  # shipped with issue 18
     "shapes-galip": "940eab43a0ecbb735d461c",  # shipped with issue 19
 }

@@ -360,6 +360,8 @@ def cmd_generate(args) -> None:
         from trilemma.clip import DEFAULT_CLIP, load_clip
 
         scorer = load_clip(args.clip or DEFAULT_CLIP)  # before the model loads or --out is made: one line if missing
+    if args.strength is not None and not args.init_image:
+        raise ValueError("--strength is image-to-image's; give --init-image IMAGE too")
     init_image = _read_images([args.init_image])[0] if args.init_image else None  # before the model loads
     out = ensure_writable(args.out)
     model = require_generator(trilemma.load(args.model), args.model)
@@ -375,8 +377,6 @@ def cmd_generate(args) -> None:
                if v is not None}
     if args.negative_prompt:
         options["negative_prompt"] = args.negative_prompt
-    if args.strength is not None and not args.init_image:
-        raise ValueError("--strength is image-to-image's; give --init-image IMAGE too")
     if args.init_image:
         options["init_image"] = init_image
         if args.strength is not None:
@@ -488,7 +488,7 @@ def cmd_edit(args) -> None:
     from PIL import Image
 
     import trilemma
-    from trilemma.diffusion.editing import box_mask
+    from trilemma.diffusion.editing import box_mask, mask_tensor
     from trilemma.folders import FolderLock, ensure_writable
     from trilemma.grid import image_grid
 
@@ -509,8 +509,18 @@ def cmd_edit(args) -> None:
     name = args.model or default_edit_model()
     model = trilemma.load(name)
     if not hasattr(model, "inpaint"):
-        raise ValueError(f"{name} ({type(model).__name__}) does not inpaint; edit takes a latent diffusion model "
-                         "(shapes-ldm-f8-inpaint, shapes-ldm-f8, shapes-ldm)")
+        raise ValueError(f"{name} ({type(model).__name__}) does not inpaint; edit takes a diffusion model "
+                         "(shapes-ldm-f8-inpaint, or any other by --method repaint)")
+    # Everything that can be refused is refused before --out is touched: a bad flag must not erase a previous run.
+    method = args.method or model.default_inpainting
+    if method not in model.inpainting_methods:
+        raise ValueError(f"{name} inpaints by {' or '.join(model.inpainting_methods)}, not {method!r}; the 'model' method "
+                         "needs an inpainting model (shapes-ldm-f8-inpaint)")
+    sampler = args.sampler or getattr(getattr(model, "config", None), "sampler", None)
+    if args.resample > 1 and (sampler or "dpmsolver++") == "dpmsolver++":
+        raise ValueError("--resample above 1 needs a one-step sampler: add --sampler ddim (or ddpm); DPM-Solver++ keeps a "
+                         "history of past steps that going back would corrupt")
+    mask_tensor(mask, model.resolution)  # one line if the mask is empty at the model's side
     out = ensure_writable(args.out)
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
                                  "method": args.method}.items() if v is not None}
@@ -529,7 +539,7 @@ def cmd_edit(args) -> None:
                 done.append(result)
                 f.write(json.dumps({"file_name": f"{j:06d}.png", "text": args.prompt, "seed": args.seed + j,
                                     "source": str(args.image), "mask": args.mask or {"box": args.box},
-                                    "method": args.method or model.default_inpainting, "model": name}) + "\n")
+                                    "method": method, "model": name}) + "\n")
             f.flush()
         shown = [image.convert("RGB").resize(done[0].size), mask.convert("RGB").resize(done[0].size)] + done[:62]
         image_grid(shown, ["input", "mask"] + [f"seed {args.seed + j}" for j in range(len(shown) - 2)],

@@ -2,8 +2,10 @@
 inpainting models train on.
 
 Conventions are diffusers' (its `VaeImageProcessor` and inpainting pipelines), so an exported inpainting model
-reads the same inputs there: images in [-1, 1], resized to the model's side; masks grey-scale, binarized at
-0.5, **1 (white) where the model draws** and 0 where the image stays.
+reads the same inputs there: images in [-1, 1], resized (Lanczos) to the model's side; masks grey-scale, resized
+the same way and binarized at 0.5, **1 (white) where the model draws** and 0 where the image stays. One
+difference: diffusers' pipelines encode the (masked) image by sampling the autoencoder's posterior, trilemma
+takes its mode (a deterministic edit); a trained autoencoder's posterior is narrow, so the two differ little.
 """
 
 from __future__ import annotations
@@ -14,27 +16,32 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from trilemma.data.sources import image_to_tensor, to_rgb
+from trilemma.model import check_option
 
 
 def image_tensor(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
-    """(1, 3, size, size) in [-1, 1]; an image of another size is resized (bicubic), as diffusers' pipelines do."""
+    """(1, 3, size, size) in [-1, 1]; an image of another size is resized (Lanczos, as diffusers' pipelines do)."""
     if isinstance(image, torch.Tensor):
         x = image if image.dim() == 4 else image.unsqueeze(0)
-        if x.shape[1] != 3:
+        if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"an image tensor must be (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
-        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False) if x.shape[-1] != size else x
+        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False) if x.shape[-2:] != (size, size) else x
     if not isinstance(image, Image.Image):
         raise ValueError(f"an image must be a PIL image or a tensor, got {type(image).__name__}")
     image = to_rgb(image)
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
     return image_to_tensor(image).unsqueeze(0)
 
 
 def mask_tensor(mask: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
-    """(1, 1, size, size) in {0, 1}, 1 where the model draws. A mask of another size is resized (nearest)."""
+    """(1, 1, size, size) in {0, 1}, 1 where the model draws. A mask of another size is resized first (an image with
+    Lanczos, as diffusers' mask processor does; a tensor nearest), then binarized."""
     if isinstance(mask, Image.Image):
-        m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        mask = mask.convert("L")
+        if mask.size != (size, size):
+            mask = mask.resize((size, size), Image.Resampling.LANCZOS)
+        m = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
     elif isinstance(mask, torch.Tensor):
         m = mask.float()
         m = m.view(1, 1, *m.shape[-2:]) if m.dim() in (2, 3, 4) and m.numel() == m.shape[-1] * m.shape[-2] else None
@@ -77,11 +84,12 @@ def training_mask(rng: np.random.Generator, size: int, boxes: list[tuple[float, 
     u = rng.random()
     if u < full:
         return torch.ones(1, size, size)
+    # With object boxes: 40% an object, 30% a random box, the rest strokes; without: half boxes, half strokes.
     if boxes and u < full + 0.4:
         x, y, s = boxes[int(rng.integers(len(boxes)))]
         grow = rng.uniform(0, 0.08)
         draw.rectangle([(x - grow) * size, (y - grow) * size, (x + s + grow) * size - 1, (y + s + grow) * size - 1], fill=255)
-    elif u < full + 0.7 or not boxes and u < full + 0.55:
+    elif u < (full + 0.7 if boxes else full + (1 - full) / 2):
         w, h = rng.uniform(0.15, 0.65, size=2) * size
         x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
         draw.rectangle([x0, y0, x0 + w - 1, y0 + h - 1], fill=255)
@@ -96,23 +104,20 @@ def training_mask(rng: np.random.Generator, size: int, boxes: list[tuple[float, 
 
 def init_edit(init_image, strength: float | None, n: int, size: int) -> dict | None:
     """An image-to-image request: {"init": (1 or n, 3, size, size), "strength"}; None without an init image."""
-    from trilemma.model import check_option
-
     if init_image is None:
         if strength is not None:
             raise ValueError("strength applies to image-to-image; give init_image (--init-image) too")
         return None
     strength = 0.6 if strength is None else check_option("strength", strength)
     images = list(init_image) if isinstance(init_image, (list, tuple)) else [init_image]
-    if len(images) not in (1, n):
-        raise ValueError(f"give one init image, or one per prompt ({n}), not {len(images)}")
-    return {"init": torch.cat([image_tensor(im, size) for im in images]), "strength": strength}
+    init = torch.cat([image_tensor(im, size) for im in images])
+    if init.shape[0] not in (1, n):
+        raise ValueError(f"give one init image, or one per prompt ({n}), not {init.shape[0]}")
+    return {"init": init, "strength": strength}
 
 
 def inpaint_edit(image, mask, method: str | None, resample: int, size: int) -> dict:
     """A RePaint request for a model without an inpainting input: {"known": (image, keep), "resample"}."""
-    from trilemma.model import check_option
-
     if (method or "repaint") != "repaint":
         raise ValueError(f"this model inpaints by repaint, not {method!r}; the 'model' method needs an inpainting model "
                          "(shapes-ldm-f8-inpaint)")

@@ -28,9 +28,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from trilemma.config import parse_config
+from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, stage_edit
 from trilemma.diffusion.guidance import noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
-from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, stage_edit
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
 from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil

@@ -138,9 +138,17 @@ class LatentDiffusion(TextToImageModel):
         donor = TrainableModel.from_pretrained(source)
         if not isinstance(donor, LatentDiffusion):
             raise ValueError(f"init.model {source} holds a {type(donor).__name__}, not a latent diffusion model")
+        # What no weight shape shows but the function depends on (cross_attention_mask may change: that is a fine-tune).
+        for key in ("prediction_type", "beta_schedule", "num_train_timesteps", "attention_head_dim", "coord_channels"):
+            if getattr(donor.config, key) != getattr(self.config, key):
+                raise ValueError(f"init.model {source} has {key} {getattr(donor.config, key)!r}, this recipe "
+                                 f"{getattr(self.config, key)!r}; copy the donor's value into the recipe")
         mine, theirs = self.unet.state_dict(), donor.unet.state_dict()
         for key, value in theirs.items():
-            if key == "conv_in.weight" and value.shape != mine[key].shape:
+            if key == "conv_in.weight" and value.shape[1] < mine[key].shape[1]:
+                if self.config.coord_channels:
+                    raise ValueError("an inpainting model does not grow from a CoordConv donor (its coordinate "
+                                     "channels come last); train one without coord_channels")
                 # New input channels start at zero (SD-inpainting's recipe), so the fine-tune starts from the donor's function.
                 grown = torch.zeros_like(mine[key])
                 grown[:, : value.shape[1]] = value

@@ -107,20 +107,26 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
     for i, t in enumerate(progress_bar(timesteps, enabled=progress, leave=False, desc="denoising")):
         for r in range(resample if known is not None else 1):
             if r > 0:  # RePaint's resampling: x_{t-1} back to x_t through q(x_t | x_{t-1})
-                ab_t, ab_prev = alphas_cumprod[t], _alpha_bar_after(alphas_cumprod, timesteps, i)
+                ab_t, ab_prev = alphas_cumprod[t], landing_alpha_bar(scheduler, alphas_cumprod, timesteps, i)
                 x = (ab_t / ab_prev).sqrt() * x + (1 - ab_t / ab_prev).sqrt() * _draw(keep_noise, x)
             x = _step(denoise, scheduler, x, t, last, states, mask, use_cfg, guidance_scale, guide, alphas_cumprod,
                       prediction_type, thresholding, percentile, max_value, step_kwargs)
             if known is not None:
                 x0, keep = known
-                ab = _alpha_bar_after(alphas_cumprod, timesteps, i)
+                ab = landing_alpha_bar(scheduler, alphas_cumprod, timesteps, i)
                 noised = ab.sqrt() * x0.to(x.device, x.dtype) + (1 - ab).sqrt() * _draw(keep_noise, x)
                 x = keep * noised + (1 - keep) * x
     return x
 
 
-def _alpha_bar_after(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, i: int) -> torch.Tensor:
-    """alpha_bar of the timestep step i lands on (1 after the last step: the clean image)."""
+def landing_alpha_bar(scheduler, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, i: int) -> torch.Tensor:
+    """alpha_bar of the noise level that step i of the scheduler lands on. DPM-Solver lands on the next timestep of
+    its list (the clean image after the last), and so does DDPM; DDIM steps by T // steps, which with trailing
+    spacing is not always the next listed timestep (966 -> 933 at 30 steps, where the list says 932), and its step
+    past 0 lands on its final alpha_bar."""
+    if isinstance(scheduler, DDIMScheduler):
+        prev = int(timesteps[i]) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        return alphas_cumprod[prev] if prev >= 0 else alphas_cumprod.new_tensor(float(scheduler.final_alpha_cumprod))
     return alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else alphas_cumprod.new_tensor(1.0)
 
 

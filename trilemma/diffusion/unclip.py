@@ -35,9 +35,9 @@ from diffusers import DDPMScheduler, PriorTransformer
 from torch import nn
 
 from trilemma.checkpoint import read_config
+from trilemma.diffusion.editing import init_edit
 from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed
 from trilemma.diffusion.objective import denoising_loss
-from trilemma.diffusion.editing import init_edit
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
 from trilemma.model import check_option, check_prompts, to_pil
 

@@ -170,7 +170,7 @@ def import_diffusers(path: str | Path):
             config["sampling_steps" if key == "num_inference_steps" else key] = note[key]
     try:
         PromptTokenizer(max_length=max_length, bpe=config["tokenizer"]["bpe"])
-    except ValueError as e:
+    except Exception as e:  # tokenizers raises plain Exceptions for a damaged tokenizer.json
         raise CheckpointError(f"{path}: its tokenizer cannot be trilemma's ({e})") from None
     from trilemma.registry import model_class
 
