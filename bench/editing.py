@@ -16,7 +16,8 @@ difference (0-255) and PSNR. Methods, all from the same seeds:
   with RePaint's resampling (4 per step, DDIM 25 steps); `repaint-<model>` for each --extra-repaint model;
 - `+paste`: the same images with the input's pixels put back outside the mask (as `trilemma edit --keep-unmasked`);
 - `generate`: plain text-to-image from the edited prompt (no input image): the upper bound on change;
-- `sdedit-S`: image-to-image from the whole input at strength S (no mask).
+- `sdedit-S`: image-to-image from the whole input at strength S (no mask);
+- `input`: the unedited input, scored against the edited prompt: the benchmark's own check (it should pass ~0).
 
 The autoencoder's own round trip (encode and decode the input) is reported as the floor of the unmasked change
 that any latent method without pasting can reach.
@@ -123,9 +124,9 @@ def main() -> None:
 
     def inpainter(model, **kw):
         def draw(tasks, start):
-            # One call per task (each has its own image and mask); the seed is the task's index.
-            return [model.inpaint([t["prompt"]], t["image"], box_mask(t["box"], 64, 64), seed=start + i, **kw)[0]
-                    for i, t in enumerate(tasks)]
+            # A batch of different edits (an image and a mask per prompt); task k's seed is k.
+            return model.inpaint([t["prompt"] for t in tasks], [t["image"] for t in tasks],
+                                 [box_mask(t["box"], 64, 64) for t in tasks], seed=start, **kw)
         return draw
 
     def sdedit(strength):
@@ -134,7 +135,9 @@ def main() -> None:
                                  strength=strength)
         return draw
 
-    methods = {"inpaint": inpainter(inpaint), "repaint": inpainter(base, method="repaint"),
+    # "input": the unedited scene against the edited prompt, the check that the benchmark asks for a change the
+    # scorer sees (it should pass almost none).
+    methods = {"input": lambda tasks, start: [t["image"] for t in tasks], "inpaint": inpainter(inpaint), "repaint": inpainter(base, method="repaint"),
                "repaint-r4": inpainter(base, method="repaint", sampler="ddim", resample=4)}
     methods.update({f"repaint-{m}": inpainter(model, method="repaint") for m, model in extra.items()})
     methods["generate"] = lambda tasks, start: base.generate([t["prompt"] for t in tasks], seed=start)

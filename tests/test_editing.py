@@ -219,3 +219,20 @@ def test_generate_init_image_on_the_command_line(tiny_ldm_dir, tmp_path):
     assert code == 2 and "--init-image" in err
     code, _, err = run_cli("generate", "a red circle", "--model", "shapes-dfgan", "--init-image", src, "--out", tmp_path / "i")
     assert code == 2 and "image-to-image takes a diffusion model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_batch_of_different_edits_draws_what_each_edit_draws_alone(tiny_ldm_dir):
+    import trilemma
+    from trilemma.diffusion.editing import box_mask
+    from trilemma.shapes.scenes import render, sample_scene
+
+    model = trilemma.load(tiny_ldm_dir)
+    images = [render(sample_scene("test", i)) for i in (2, 3)]
+    masks = [box_mask((0, 0, 32, 32), 64, 64), box_mask((32, 16, 64, 48), 64, 64)]
+    prompts = ["a red circle", "a blue square"]
+    batch = model.inpaint(prompts, images, masks, seed=4, steps=3)
+    alone = [model.inpaint([p], im, mk, seed=4 + k, steps=3)[0] for k, (p, im, mk) in enumerate(zip(prompts, images, masks))]
+    for a, b in zip(batch, alone):
+        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+    with pytest.raises(ValueError, match="one per prompt"):
+        model.inpaint(prompts + ["a green circle"], images, masks[0], steps=2)

@@ -116,12 +116,26 @@ def init_edit(init_image, strength: float | None, n: int, size: int) -> dict | N
     return {"init": init, "strength": strength}
 
 
-def inpaint_edit(image, mask, method: str | None, resample: int, size: int) -> dict:
-    """A RePaint request for a model without an inpainting input: {"known": (image, keep), "resample"}."""
+def images_and_masks(image, mask, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (1 or n, 3, size, size), masks (1 or n, 1, size, size)): one image and mask shared by every prompt,
+    or a list of one per prompt (a batch of different edits in one forward pass)."""
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
+    x = torch.cat([image_tensor(im, size) for im in images])
+    m = torch.cat([mask_tensor(mk, size) for mk in masks])
+    for what, t in (("images", x), ("masks", m)):
+        if t.shape[0] not in (1, n):
+            raise ValueError(f"give one image and mask, or one per prompt ({n}); got {t.shape[0]} {what}")
+    return x, m
+
+
+def inpaint_edit(image, mask, method: str | None, resample: int, n: int, size: int) -> dict:
+    """A RePaint request for a model without an inpainting input: {"known": (images, keep), "resample"}."""
     if (method or "repaint") != "repaint":
         raise ValueError(f"this model inpaints by repaint, not {method!r}; the 'model' method needs an inpainting model "
                          "(shapes-ldm-f8-inpaint)")
-    return {"known": (image_tensor(image, size), 1.0 - mask_tensor(mask, size)), "resample": check_option("resample", resample)}
+    x, m = images_and_masks(image, mask, n, size)
+    return {"known": (x, 1.0 - m), "resample": check_option("resample", resample)}
 
 
 def edit_rows(edit: dict | None, start: int, n: int, total: int) -> dict | None:

@@ -298,9 +298,11 @@ class ImagenCascade(TextToImageModel):
                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
                 method: str | None = None, resample: int = 1):
         """Redraw the white region of `mask` in `image` to match each prompt, RePaint's way (training-free): at every
-        stage the region outside the mask is the input at that stage's side, noised to each step's level."""
+        stage the region outside the mask is the input at that stage's side, noised to each step's level. `image`
+        and `mask` may be lists, one per prompt."""
         return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
-                                          progress, edit=inpaint_edit(image, mask, method, resample, self.resolution),
+                                          progress, edit=inpaint_edit(image, mask, method, resample,
+                                                                      len(check_prompts(prompts)), self.resolution),
                                           **self._edit_model_options()))
 
     inpainting_methods = ("repaint",)

@@ -18,7 +18,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
-from trilemma.diffusion.editing import covering_mask, edit_rows, image_tensor, init_edit, mask_tensor
+from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit
 from trilemma.diffusion.guidance import decoded_clip_guide
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
@@ -231,7 +231,8 @@ class LatentDiffusion(TextToImageModel):
         model does it training-free, RePaint's way (`method="repaint"`, `trilemma.diffusion.sampling`): in latent
         space, every latent cell under the mask is drawn and the others are kept. `resample` > 1 is RePaint's
         resampling (with the ddpm or ddim sampler). Outside the mask the decoded image is close to, not equal to, the
-        input (the autoencoder's reconstruction): paste the original back where it must be exact."""
+        input (the autoencoder's reconstruction): paste the original back where it must be exact. `image` and `mask`
+        may be lists, one per prompt (different edits in one batch)."""
         prompts = check_prompts(prompts)
         check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, resample=resample)
         method = method or self.default_inpainting
@@ -239,8 +240,8 @@ class LatentDiffusion(TextToImageModel):
             raise ValueError(f"{type(self).__name__} inpaints by {' or '.join(self.inpainting_methods)}, not {method!r}"
                              + ("; the 'model' method needs an inpainting model (shapes-ldm-f8-inpaint)" if method == "model" else ""))
         device = next(self.unet.parameters()).device
-        x = image_tensor(image, self.resolution).to(device)
-        m = mask_tensor(mask, self.resolution).to(device)
+        x, m = images_and_masks(image, mask, len(prompts), self.resolution)
+        x, m = x.to(device), m.to(device)
         return self._inpaint(prompts, x, m, method, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
                              progress, resample)
 
