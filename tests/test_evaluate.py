@@ -69,3 +69,23 @@ def test_compare_rescores_a_report_of_an_older_scorer_from_its_cached_samples(tm
     assert main(args) == 0
     again = json.loads(path.read_text())
     assert again["fidelity"]["fid"] != 123.0 and "previous_scorer" not in again
+
+
+def test_compare_measures_again_a_model_whose_weights_changed_under_the_same_name(tmp_path):
+    torch.manual_seed(0)
+    DFGAN.from_config(TINY_GAN).save_pretrained(tmp_path / "gan")
+    out, cache = tmp_path / "cmp", tmp_path / "cache"
+    args = ["compare", str(tmp_path / "gan"), "--n", "12", "--out", str(out), "--cache", str(cache)]
+    assert main(args) == 0
+    path = out / "gan" / "report.json"
+    first = json.loads(path.read_text())
+    assert first["weights_sha256"]
+    first["fidelity"]["fid"] = 123.0  # a marker: kept while the weights are the same
+    path.write_text(json.dumps(first))
+    assert main(args) == 0
+    assert json.loads(path.read_text())["fidelity"]["fid"] == 123.0
+    torch.manual_seed(1)  # retrained under the same name: the old report describes other weights
+    DFGAN.from_config(TINY_GAN).save_pretrained(tmp_path / "gan")
+    assert main(args) == 0
+    again = json.loads(path.read_text())
+    assert again["fidelity"]["fid"] != 123.0 and again["weights_sha256"] != first["weights_sha256"]

@@ -26,6 +26,7 @@ GOLDEN = {
     "shapes-ldm-f8": "0358a9bc862d4d855f4a59",  # fine-tuned without the padding mask in issue 20 (diffusers export)
     "shapes-unclip": "60477f0d6d4efebe7a4300",  # shipped with issue 18
     "shapes-galip": "940eab43a0ecbb735d461c",  # shipped with issue 19
+    "shapes-ldm-f8-inpaint": "e37be2849fd4d088967605",  # shipped with issue 20
 }
 
 

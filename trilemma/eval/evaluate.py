@@ -251,6 +251,17 @@ def measure_cost(model, name: str | None = None, prompt: str = "a red circle to 
             "memory_after_load_mib": None if memory["loaded_mib"] is None else round(memory["loaded_mib"], 1)}
 
 
+def weights_sha256(name: str) -> str | None:
+    """The sha256 of a model's weights file, from its config.json: what a cached report was measured on."""
+    from trilemma.registry import shipped_models
+
+    config = Path(shipped_models().get(name, Path(name))) / "config.json"
+    try:
+        return json.loads(config.read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def training_minutes(name: str) -> float | None:
     from trilemma.registry import shipped_models
 
@@ -297,7 +308,7 @@ def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = No
               "features": f"clip:{label}" if features == "clip" else "inception-v3" if inception_weights else "shapes-features",
               "alignment": alignment, "pass_rate": alignment["overall"]["pass_rate"], "scorer_version": SCORER_VERSION,
               "clip_score": measure_clip_score(images, prompts, label) if label is not None else None,
-              "fidelity": fidelity, "training_minutes": training_minutes(name)}
+              "fidelity": fidelity, "training_minutes": training_minutes(name), "weights_sha256": weights_sha256(name)}
     if with_cost:
         report["cost"] = measure_cost(model, name)
     if out is not None:
@@ -361,8 +372,13 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
         cached = folder / "report.json"
         if reuse and cached.is_file():
             report = json.loads(cached.read_text())
-            if report.get("split") == split and report.get("n") == n and report.get("features", "shapes-features") == "shapes-features":
-                changed = False
+            # A report measured on other weights (a model retrained or fine-tuned under the same name) is measured
+            # again; reports from before the hash was recorded are taken as current and stamped.
+            same_weights = report.get("weights_sha256", weights_sha256(name)) == weights_sha256(name)
+            if same_weights and report.get("split") == split and report.get("n") == n \
+                    and report.get("features", "shapes-features") == "shapes-features":
+                changed = "weights_sha256" not in report
+                report["weights_sha256"] = weights_sha256(name)
                 if report.get("scorer_version", 1) != SCORER_VERSION:  # pass rates from an older scorer
                     report = rescore(report, cache, progress)
                     if report is None:  # its samples are gone: measure everything again below
