@@ -5,7 +5,8 @@ Conventions are diffusers' (its `VaeImageProcessor` and inpainting pipelines), s
 reads the same inputs there: images in [-1, 1], resized (Lanczos) to the model's side; masks grey-scale, resized
 the same way and binarized at 0.5, **1 (white) where the model draws** and 0 where the image stays. One
 difference: diffusers' pipelines encode the (masked) image by sampling the autoencoder's posterior, trilemma
-takes its mode (a deterministic edit); a trained autoencoder's posterior is narrow, so the two differ little.
+takes its mode (a deterministic edit); `trilemma export` writes the posterior's variance as ~0 so that the
+pipelines do the same.
 """
 
 from __future__ import annotations

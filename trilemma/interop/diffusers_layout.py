@@ -6,8 +6,9 @@ is saving each part where `StableDiffusionPipeline` (or `StableDiffusionInpaintP
 model) looks for it: `model_index.json`, `unet/`, `vae/` (its `scaling_factor` is the model's latent scale),
 `text_encoder/` (with `use_attention_mask`, so the pipeline passes the padding mask to it as trilemma does),
 `tokenizer/` (a fast tokenizer; `model_max_length` is the encoder's length) and `scheduler/` (the model's
-default sampler on its training schedule). Given the same initial latents, sampler settings and guidance,
-the pipeline then draws what trilemma draws.
+default sampler on its training schedule); the autoencoder's posterior variance is set to ~0, because trilemma
+encodes by the posterior's mode and the pipelines sample it. Given the same initial latents, sampler settings
+and guidance, the pipeline then draws what trilemma draws (text-to-image and inpainting, at the model's side).
 
 What does not export, and why:
 - a model trained with `cross_attention_mask` (the default before this exporter): its U-Net skips the
@@ -73,6 +74,15 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
     text_encoder.config.use_attention_mask = True  # the pipeline then hands the padding mask to the encoder, as trilemma does
     vae = model.autoencoder.vae
     vae.register_to_config(scaling_factor=float(config.latent_scale))
+    # trilemma encodes images (SDEdit's input, the inpainting model's masked image) by the posterior's mode;
+    # diffusers' img2img and inpainting pipelines sample it. This autoencoder's posterior is wide (std 0.39 on
+    # average for shapes-ldm-f8's), so the exported posterior's log-variance is set to -30 (std 3e-7): the
+    # pipelines' sample is then the mode, and they edit as trilemma does. Mean and decoder are untouched, so
+    # nothing else changes; only fine-tuning the exported autoencoder with its KL term would notice.
+    moments = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
+    with torch.no_grad():
+        moments.weight[vae.config.latent_channels:] = 0.0
+        moments.bias[vae.config.latent_channels:] = -30.0
     scheduler = model.make_sampler(config.sampler)
     pipeline_class = StableDiffusionInpaintPipeline if isinstance(model, LatentInpainting) else StableDiffusionPipeline
     pipe = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=model.unet, scheduler=scheduler,
