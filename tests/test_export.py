@@ -138,3 +138,23 @@ def test_the_shipped_inpainting_model_exports_and_the_inpaint_pipeline_draws_its
                   height=64, width=64, generator=torch.Generator().manual_seed(0)).images
     a, b = _arrays(ours), _arrays(theirs)
     assert np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.05
+
+
+@pytest.mark.skipif("shapes-unclip" not in __import__("trilemma.registry").registry.shipped_models(), reason="not shipped")
+def test_the_unclip_prior_exports_as_a_diffusers_prior_transformer(tmp_path):
+    """No diffusers pipeline fits trilemma's unCLIP (its decoder is trilemma's); its prior is diffusers' own class."""
+    from diffusers import PriorTransformer
+
+    import trilemma
+
+    code, out, err = run_cli("export", "shapes-unclip", tmp_path / "u")
+    assert code == 0 and "PriorTransformer" in out, err
+    assert not (tmp_path / "u" / "model_index.json").exists() and (tmp_path / "u" / "scheduler").is_dir()
+    model = trilemma.load("shapes-unclip")
+    prior = PriorTransformer.from_pretrained(tmp_path / "u", subfolder="prior").eval()
+    torch.manual_seed(0)
+    d, L = model.prior.config.embedding_dim, model.prior.config.num_embeddings
+    args = dict(hidden_states=torch.randn(2, d), timestep=torch.tensor([10, 700]), proj_embedding=torch.randn(2, d),
+                encoder_hidden_states=torch.randn(2, L, d), attention_mask=torch.ones(2, L, dtype=torch.long))
+    with torch.no_grad():
+        assert torch.equal(prior(**args).predicted_image_embedding, model.prior(**args).predicted_image_embedding)

@@ -551,7 +551,12 @@ def cmd_export(args) -> None:
     from trilemma.interop.diffusers_layout import export_diffusers
 
     path = export_diffusers(args.model, args.out)
-    print(f"wrote a diffusers folder to {path}; load it with diffusers' {json.loads((path / 'model_index.json').read_text())['_class_name']}.from_pretrained")
+    if (path / "model_index.json").is_file():
+        print(f"wrote a diffusers folder to {path}; load it with diffusers' "
+              f"{json.loads((path / 'model_index.json').read_text())['_class_name']}.from_pretrained")
+    else:  # unCLIP: its prior alone (no diffusers pipeline fits the whole model; the folder's README.md says why)
+        print(f"wrote the prior as a diffusers PriorTransformer to {path / 'prior'}; no diffusers pipeline loads the whole "
+              f"model (see {path / 'README.md'})")
 
 
 def cmd_vary(args) -> None:

@@ -156,6 +156,10 @@ class UnCLIP(ImagenCascade):
     def core_networks(self):
         return [self.prior, *self.unets]
 
+    def make_prior_sampler(self):
+        """The prior's sampling scheduler (its recipe's sampler on the prior's training schedule)."""
+        return make_sampler(self.config.prior_sampler, self.prior_scheduler.config)
+
     # --- the two steps ------------------------------------------------------------
     def prior_denoise(self, z_t, t, text_embedding, states, mask) -> torch.Tensor:
         """The prior's estimate of the clean (scaled) image embedding."""
@@ -250,7 +254,7 @@ class UnCLIP(ImagenCascade):
         best, best_sim = None, None
         for j in range(candidates):
             z = sample(denoise, (self._embed_dim,), [_derive_seed(s, PRIOR_STAGE, j) for s in seeds],
-                       make_sampler(self.config.prior_sampler, self.prior_scheduler.config), steps, (states, mask),
+                       self.make_prior_sampler(), steps, (states, mask),
                        (null_states, null_mask), guidance_scale, "sample", device=text.device)
             z = F.normalize(z, dim=-1)
             sim = (z * text).sum(-1)

@@ -19,7 +19,9 @@ What does not export, and why:
 - the pixel cascade (shapes-imagen): diffusers' IFPipeline expects DeepFloyd IF's T5 and its own
   super-resolution stage classes, and the GAN and autoregressive families have no diffusers pipeline;
 - unCLIP (shapes-unclip): diffusers' UnCLIPPipeline expects DALL-E 2's text projection and a super-resolution
-  decoder chain that this model does not have, and its prior is a transformer of trilemma's: not exported.
+  decoder chain that this model does not have, so no pipeline loads the whole model. Its prior is diffusers' own
+  `PriorTransformer`, so that part exports alone (`prior/`, loaded by `PriorTransformer.from_pretrained`,
+  with the prior's scheduler and what trilemma feeds it; `export_unclip_prior`).
 
 `trilemma.load(DIR)` reads such a folder back into a trilemma model (any folder this exporter writes, or one
 laid out the same way whose tokenizer has trilemma's special tokens: [PAD] [UNK] [BOS] [EOS] as ids 0-3).
@@ -49,6 +51,8 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
     from trilemma.text.encoder import TransformerTextEncoder
 
     model = trilemma.load(model_name)
+    if type(model).__name__ == "UnCLIP":
+        return export_unclip_prior(model, model_name, out)
     if not isinstance(model, LatentDiffusion):
         raise ValueError(f"{model_name} is a {type(model).__name__}; only latent diffusion models export to diffusers "
                          "(diffusers has no pipeline for trilemma's cascade, unCLIP, autoregressive or GAN models)")
@@ -94,6 +98,45 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
             "training": {k: getattr(config, k) for k in ("condition_dropout", "min_snr_gamma")}}
     write_json(out / EXPORT_NOTE, note)
     (out / "README.md").write_text(_card(model_name, pipeline_class.__name__, note))
+    return out
+
+
+def export_unclip_prior(model, model_name, out: str | Path) -> Path:
+    """An unCLIP model's prior as a diffusers `PriorTransformer` folder (`prior/`), with the prior's sampler
+    (`scheduler/`), the map from the CLIP's token states to the prior's width when they differ
+    (`prior_text_proj.safetensors`) and what trilemma feeds it (`trilemma.json`). No diffusers pipeline loads the
+    whole model (its decoder is trilemma's), so there is no model_index.json."""
+    from safetensors.torch import save_file
+
+    from trilemma.folders import ensure_writable
+
+    out = ensure_writable(out)
+    model.prior.save_pretrained(out / "prior", safe_serialization=True)
+    model.make_prior_sampler().save_pretrained(out / "scheduler")
+    proj = getattr(model.prior_text_proj, "weight", None)
+    if proj is not None:
+        save_file({k: v.contiguous() for k, v in model.prior_text_proj.state_dict().items()}, out / "prior_text_proj.safetensors")
+    note = {"exported_from": str(model_name), "model_class": "UnCLIP", "part": "prior", "clip": model.config.clip,
+            "embed_scale": float(model.embed_scale), "prediction_type": "sample", "sampler": model.config.prior_sampler,
+            "inputs": "hidden_states: noisy scaled image embedding; proj_embedding: CLIP text embedding x embed_scale; "
+                      "encoder_hidden_states: the CLIP's token states (through prior_text_proj when present); "
+                      "attention_mask: the prompt's; output: the clean image embedding x embed_scale"}
+    write_json(out / EXPORT_NOTE, note)
+    (out / "README.md").write_text(f"""# {Path(str(model_name)).name}'s prior, exported from trilemma
+
+DALL-E 2's prior (from a CLIP text embedding to a CLIP image embedding), trained with trilemma on top of the CLIP
+`{model.config.clip}`. It is diffusers' `PriorTransformer`:
+
+```python
+from diffusers import PriorTransformer
+prior = PriorTransformer.from_pretrained("THIS_FOLDER", subfolder="prior")
+```
+
+Only the prior exports: diffusers' `UnCLIPPipeline` expects DALL-E 2's text projection and super-resolution
+decoder chain, and this model's decoder is trilemma's (an Imagen-style cascade conditioned on the embedding), so
+no diffusers pipeline loads the whole model. `{EXPORT_NOTE}` says what the prior reads and returns (embeddings are
+scaled by `embed_scale`); `scheduler/` is its sampler (it predicts the clean embedding).
+""")
     return out
 
 
