@@ -1,7 +1,7 @@
 """The editing benchmark on Shapes: replace one object of a test scene and measure what each editing method does.
 
-    python bench/editing.py --inpaint shapes-ldm-f8-inpaint --base shapes-ldm-f8 --extra-repaint shapes-ldm \
-        --n 200 --out reports/editing
+    python bench/editing.py --inpaint shapes-ldm-f8-inpaint --base shapes-ldm-f8 --extra-repaint shapes-ldm shapes-imagen \
+        --strengths 0.4 0.6 0.8 --n 200 --out reports/editing
 
 For each of the first scenes of `test` with one or two objects (single, pair and position prompts; counts are
 skipped, since one changed object would break "three red circles"), one object is picked and given a new color,

@@ -173,7 +173,8 @@ def _scene_png(path):
 
 def test_edit_on_the_command_line_writes_an_imagefolder_and_keeps_unmasked_pixels(tiny_ldm_dir, tmp_path):
     src = _scene_png(tmp_path / "in.png")
-    code, out, err = run_cli("edit", src, "a red circle", "--box", 0, 0, 32, 64, "--model", tiny_ldm_dir, "-n", 2,
+    # The prompt after the options, as the docs write it (an optional positional would refuse it on Python 3.11).
+    code, out, err = run_cli("edit", src, "--box", 0, 0, 32, 64, "a red circle", "--model", tiny_ldm_dir, "-n", 2,
                              "--steps", 2, "--keep-unmasked", "--out", tmp_path / "e")
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "e" / "metadata.jsonl").read_text().splitlines()]
@@ -191,7 +192,9 @@ def test_edit_on_the_command_line_writes_an_imagefolder_and_keeps_unmasked_pixel
 
 @pytest.mark.parametrize("args,expected", [
     (["{src}", "a red circle", "--model", "{m}"], "say where to draw"),
-    (["{src}", "--box", "0", "0", "8", "8", "--model", "{m}"], "give a prompt"),
+    (["{src}", "--box", "0", "0", "8", "8", "--model", "{m}"], "required: prompt"),
+    (["{src}", "  ", "--box", "0", "0", "8", "8", "--model", "{m}"], "give a prompt"),
+    (["{src}", "a red circle", "--box", "0", "0", "8", "8", "--model", "{m}", "--sampler", "foo"], "invalid choice"),
     (["{src}", "a red circle", "--box", "0", "0", "80", "8", "--model", "{m}"], "0 <= x0 < x1 <= 64"),
     (["{tmp}/missing.png", "a red circle", "--box", "0", "0", "8", "8", "--model", "{m}"], "no image at"),
     (["{src}", "a red circle", "--mask", "{tmp}/black.png", "--model", "{m}"], "has no white pixel"),
@@ -217,6 +220,10 @@ def test_generate_init_image_on_the_command_line(tiny_ldm_dir, tmp_path):
     assert len(list((tmp_path / "g").glob("0*.png"))) == 2
     code, _, err = run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--strength", 0.5, "--out", tmp_path / "h")
     assert code == 2 and "--init-image" in err
+    code, _, err = run_cli("generate", "a red circle", "--model", tiny_ldm_dir, "--init-image", src, "--strength", 0.1,
+                           "--steps", 4, "--out", tmp_path / "g")  # 0.1 x 4 steps: none; refused before g is touched
+    assert code == 2 and "no denoising step" in err and len(list((tmp_path / "g").glob("0*.png"))) == 2
+    assert len((tmp_path / "g" / "metadata.jsonl").read_text().splitlines()) == 2
     code, _, err = run_cli("generate", "a red circle", "--model", "shapes-dfgan", "--init-image", src, "--out", tmp_path / "i")
     assert code == 2 and "image-to-image takes a diffusion model" in err and len(err.strip().splitlines()) == 1
 

@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ed = sub.add_parser("edit", help="inpainting: redraw the masked region of an image to match a prompt (diffusion models)")
     ed.add_argument("image", help="the image to edit (PNG or JPEG; resized to the model's side)")
-    ed.add_argument("prompt", nargs="?", help="what the whole edited image shows")
+    # Required, not nargs="?": an optional positional is filled (with nothing) before --box on Python 3.11, and the
+    # prompt written after the options would then be refused as an unknown argument.
+    ed.add_argument("prompt", help="what the whole edited image shows")
     where = ed.add_mutually_exclusive_group()
     where.add_argument("--mask", metavar="MASK", help="a mask image: white where the model draws, black where the image stays")
     where.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--seed", type=_option("seed"), default=0)
     ed.add_argument("--steps", type=_option("steps"))
     ed.add_argument("--guidance-scale", type=_option("guidance_scale"))
-    ed.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
+    ed.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver++"])
     ed.add_argument("--negative-prompt", default="")
     ed.add_argument("--keep-unmasked", action="store_true",
                     help="paste the input's pixels back outside the mask (otherwise they pass through the autoencoder)")
@@ -381,6 +383,10 @@ def cmd_generate(args) -> None:
         options["init_image"] = init_image
         if args.strength is not None:
             options["strength"] = args.strength
+    if init_image is not None:  # refused before metadata.jsonl is rewritten: a previous run's stays whole
+        steps = args.steps or getattr(getattr(model, "config", None), "sampling_steps", None)
+        if steps and int(steps * (args.strength if args.strength is not None else 0.6)) < 1:
+            raise ValueError(f"--strength {args.strength} x {steps} steps leaves no denoising step; raise --strength or --steps")
     accepted = inspect.signature(model.generate).parameters
     unsupported = [k for k in options if k not in accepted]
     if unsupported:
@@ -517,6 +523,8 @@ def cmd_edit(args) -> None:
         raise ValueError(f"{name} inpaints by {' or '.join(model.inpainting_methods)}, not {method!r}; the 'model' method "
                          "needs an inpainting model (shapes-ldm-f8-inpaint)")
     sampler = args.sampler or getattr(getattr(model, "config", None), "sampler", None)
+    if args.resample > 1 and method != "repaint":
+        raise ValueError("--resample is RePaint's; add --method repaint (the inpainting model reads the mask itself)")
     if args.resample > 1 and (sampler or "dpmsolver++") == "dpmsolver++":
         raise ValueError("--resample above 1 needs a one-step sampler: add --sampler ddim (or ddpm); DPM-Solver++ keeps a "
                          "history of past steps that going back would corrupt")

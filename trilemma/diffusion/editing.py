@@ -127,7 +127,8 @@ def images_and_masks(image, mask, n: int, size: int) -> tuple[torch.Tensor, torc
     for what, t in (("images", x), ("masks", m)):
         if t.shape[0] not in (1, n):
             raise ValueError(f"give one image and mask, or one per prompt ({n}); got {t.shape[0]} {what}")
-    return x, m
+    rows = max(x.shape[0], m.shape[0])  # one shared mask over many images (or the reverse): both per prompt
+    return x.expand(rows, -1, -1, -1), m.expand(rows, -1, -1, -1)
 
 
 def inpaint_edit(image, mask, method: str | None, resample: int, n: int, size: int) -> dict:

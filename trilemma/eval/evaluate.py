@@ -262,6 +262,13 @@ def weights_sha256(name: str) -> str | None:
         return None
 
 
+def _cache_complete(name: str, split: str, n: int, cache: Path) -> bool:
+    import trilemma
+
+    folder = sample_folder(trilemma.load(name), name, split, cache)
+    return all((folder / f"{i:06d}.png").is_file() for i in range(n))
+
+
 def training_minutes(name: str) -> float | None:
     from trilemma.registry import shipped_models
 
@@ -373,8 +380,13 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
         if reuse and cached.is_file():
             report = json.loads(cached.read_text())
             # A report measured on other weights (a model retrained or fine-tuned under the same name) is measured
-            # again; reports from before the hash was recorded are taken as current and stamped.
-            same_weights = report.get("weights_sha256", weights_sha256(name)) == weights_sha256(name)
+            # again. One from before the hash was recorded is trusted only if the sample cache of the current
+            # weights holds all its samples (they were drawn by these weights); a model without a hash is measured.
+            current = weights_sha256(name)
+            if "weights_sha256" in report:
+                same_weights = current is not None and report["weights_sha256"] == current
+            else:
+                same_weights = current is not None and _cache_complete(name, split, n, cache)
             if same_weights and report.get("split") == split and report.get("n") == n \
                     and report.get("features", "shapes-features") == "shapes-features":
                 changed = "weights_sha256" not in report

@@ -55,7 +55,7 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
         return export_unclip_prior(model, model_name, out)
     if not isinstance(model, LatentDiffusion):
         raise ValueError(f"{model_name} is a {type(model).__name__}; only latent diffusion models export to diffusers "
-                         "(diffusers has no pipeline for trilemma's cascade, unCLIP, autoregressive or GAN models)")
+                         "(and unCLIP's prior alone; diffusers has no pipeline for trilemma's cascade, autoregressive or GAN models)")
     config = model.config
     if config.cross_attention_mask:
         raise ValueError(f"{model_name} was trained with its U-Net skipping padding tokens (cross_attention_mask), which "
