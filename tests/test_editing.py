@@ -139,6 +139,8 @@ def test_the_inpainting_model_starts_as_its_donor_and_trains_on_masks(tmp_path):
     assert out[0].size == (64, 64)
     assert trained.generate(["a red circle"], steps=2)[0].size == (64, 64)  # text-to-image: the whole image masked
     assert len(trained.inpaint(["a red circle"], image, box_mask((0, 0, 32, 32), 64, 64), steps=2, method="repaint")) == 1
+    with pytest.raises(ValueError, match="resample is RePaint's"):  # the model reads the mask; resampling is RePaint's
+        trained.inpaint(["a red circle"], image, box_mask((0, 0, 32, 32), 64, 64), steps=2, sampler="ddim", resample=2)
 
 
 def test_training_masks_cover_the_chosen_object_boxes_strokes_and_whole_images():
@@ -243,3 +245,23 @@ def test_a_batch_of_different_edits_draws_what_each_edit_draws_alone(tiny_ldm_di
         assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
     with pytest.raises(ValueError, match="one per prompt"):
         model.inpaint(prompts + ["a green circle"], images, masks[0], steps=2)
+
+
+@pytest.mark.parametrize("name", ["shapes-imagen", "shapes-unclip"])
+def test_repaint_with_a_pixel_cascade_keeps_the_unmasked_pixels_exactly(name):
+    import trilemma
+    from trilemma.diffusion.editing import box_mask
+    from trilemma.registry import shipped_models
+    from trilemma.shapes.scenes import render, sample_scene
+
+    if name not in shipped_models():
+        pytest.skip(f"{name} is not shipped")
+    model = trilemma.load(name)
+    image = render(sample_scene("test", 6))
+    out = model.inpaint(["a cyan square to the left of a red triangle"], image, box_mask((32, 0, 64, 64), 64, 64),
+                        seed=0, steps=3)
+    a, b = np.asarray(out[0], dtype=int), np.asarray(image, dtype=int)
+    assert np.array_equal(a[:, :32], b[:, :32])  # every stage keeps the input at its own side; the last is 64 px
+    assert np.abs(a[:, 32:] - b[:, 32:]).mean() > 1.0  # and the hole is drawn anew
+    sdedit = model.generate(["a red circle"], seed=0, steps=4, init_image=image, strength=0.5)
+    assert sdedit[0].size == (64, 64)

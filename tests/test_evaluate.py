@@ -41,15 +41,20 @@ def test_compare_writes_table_plots_and_grid(tmp_path):
     assert (out / "trilemma.png").is_file() and (out / "samples.png").is_file()
 
 
-def test_compare_rescores_a_report_of_an_older_scorer_from_its_cached_samples(tmp_path):
-    from trilemma.shapes.scorer import SCORER_VERSION
-
+def _compared_tiny_gan(tmp_path):
+    """A tiny GAN saved and compared once: (the compare arguments, its report's path, the output and cache folders)."""
     torch.manual_seed(0)
     DFGAN.from_config(TINY_GAN).save_pretrained(tmp_path / "gan")
     out, cache = tmp_path / "cmp", tmp_path / "cache"
     args = ["compare", str(tmp_path / "gan"), "--n", "12", "--out", str(out), "--cache", str(cache)]
     assert main(args) == 0
-    path = out / "gan" / "report.json"
+    return args, out / "gan" / "report.json", out, cache
+
+
+def test_compare_rescores_a_report_of_an_older_scorer_from_its_cached_samples(tmp_path):
+    from trilemma.shapes.scorer import SCORER_VERSION
+
+    args, path, out, cache = _compared_tiny_gan(tmp_path)
     old = json.loads(path.read_text())
     # As if an older scorer had passed three images and measured a FID that must be kept.
     old.update(scorer_version=SCORER_VERSION - 1, pass_rate=0.25)
@@ -72,12 +77,7 @@ def test_compare_rescores_a_report_of_an_older_scorer_from_its_cached_samples(tm
 
 
 def test_compare_measures_again_a_model_whose_weights_changed_under_the_same_name(tmp_path):
-    torch.manual_seed(0)
-    DFGAN.from_config(TINY_GAN).save_pretrained(tmp_path / "gan")
-    out, cache = tmp_path / "cmp", tmp_path / "cache"
-    args = ["compare", str(tmp_path / "gan"), "--n", "12", "--out", str(out), "--cache", str(cache)]
-    assert main(args) == 0
-    path = out / "gan" / "report.json"
+    args, path, out, cache = _compared_tiny_gan(tmp_path)
     first = json.loads(path.read_text())
     assert first["weights_sha256"]
     first["fidelity"]["fid"] = 123.0  # a marker: kept while the weights are the same

@@ -494,7 +494,7 @@ def cmd_edit(args) -> None:
     from PIL import Image
 
     import trilemma
-    from trilemma.diffusion.editing import box_mask, mask_tensor
+    from trilemma.diffusion.editing import box_mask, inpainting_method, mask_tensor
     from trilemma.folders import FolderLock, ensure_writable
     from trilemma.grid import image_grid
 
@@ -518,16 +518,7 @@ def cmd_edit(args) -> None:
         raise ValueError(f"{name} ({type(model).__name__}) does not inpaint; edit takes a diffusion model "
                          "(shapes-ldm-f8-inpaint, or any other by --method repaint)")
     # Everything that can be refused is refused before --out is touched: a bad flag must not erase a previous run.
-    method = args.method or model.default_inpainting
-    if method not in model.inpainting_methods:
-        raise ValueError(f"{name} inpaints by {' or '.join(model.inpainting_methods)}, not {method!r}; the 'model' method "
-                         "needs an inpainting model (shapes-ldm-f8-inpaint)")
-    sampler = args.sampler or getattr(getattr(model, "config", None), "sampler", None)
-    if args.resample > 1 and method != "repaint":
-        raise ValueError("--resample is RePaint's; add --method repaint (the inpainting model reads the mask itself)")
-    if args.resample > 1 and (sampler or "dpmsolver++") == "dpmsolver++":
-        raise ValueError("--resample above 1 needs a one-step sampler: add --sampler ddim (or ddpm); DPM-Solver++ keeps a "
-                         "history of past steps that going back would corrupt")
+    method = inpainting_method(model, args.method, args.sampler, args.resample)
     mask_tensor(mask, model.resolution)  # one line if the mask is empty at the model's side
     out = ensure_writable(args.out)
     options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,

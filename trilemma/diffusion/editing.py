@@ -131,13 +131,26 @@ def images_and_masks(image, mask, n: int, size: int) -> tuple[torch.Tensor, torc
     return x.expand(rows, -1, -1, -1), m.expand(rows, -1, -1, -1)
 
 
-def inpaint_edit(image, mask, method: str | None, resample: int, n: int, size: int) -> dict:
+def inpainting_method(model, method: str | None, sampler: str | None, resample: int) -> str:
+    """The inpainting method a request resolves to on `model` (its default when None), or one line saying why the
+    request cannot run: a method the model lacks, resampling without RePaint, or resampling with a multistep
+    sampler. The models and the command line both ask here, so they refuse alike (the CLI before it writes)."""
+    method = method or model.default_inpainting
+    if method not in model.inpainting_methods:
+        raise ValueError(f"{type(model).__name__} inpaints by {' or '.join(model.inpainting_methods)}, not {method!r}"
+                         + ("; the 'model' method needs an inpainting model (shapes-ldm-f8-inpaint)" if method == "model" else ""))
+    if check_option("resample", resample) > 1 and method != "repaint":
+        raise ValueError("resample is RePaint's; choose the repaint method (the inpainting model reads the mask itself)")
+    if resample > 1 and (sampler or model.config.sampler) == "dpmsolver++":
+        raise ValueError("resample above 1 needs a one-step sampler, ddim or ddpm: DPM-Solver++ keeps a history of past "
+                         "steps that going back would corrupt")
+    return method
+
+
+def inpaint_edit(image, mask, resample: int, n: int, size: int) -> dict:
     """A RePaint request for a model without an inpainting input: {"known": (images, keep), "resample"}."""
-    if (method or "repaint") != "repaint":
-        raise ValueError(f"this model inpaints by repaint, not {method!r}; the 'model' method needs an inpainting model "
-                         "(shapes-ldm-f8-inpaint)")
     x, m = images_and_masks(image, mask, n, size)
-    return {"known": (x, 1.0 - m), "resample": check_option("resample", resample)}
+    return {"known": (x, 1.0 - m), "resample": resample}
 
 
 def edit_rows(edit: dict | None, start: int, n: int, total: int) -> dict | None:

@@ -28,7 +28,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from trilemma.config import parse_config
-from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, stage_edit
+from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, inpainting_method, stage_edit
 from trilemma.diffusion.guidance import noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
@@ -300,8 +300,9 @@ class ImagenCascade(TextToImageModel):
         """Redraw the white region of `mask` in `image` to match each prompt, RePaint's way (training-free): at every
         stage the region outside the mask is the input at that stage's side, noised to each step's level. `image`
         and `mask` may be lists, one per prompt."""
+        inpainting_method(self, method, sampler, resample)
         return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
-                                          progress, edit=inpaint_edit(image, mask, method, resample,
+                                          progress, edit=inpaint_edit(image, mask, resample,
                                                                       len(check_prompts(prompts)), self.resolution),
                                           **self._edit_model_options()))
 

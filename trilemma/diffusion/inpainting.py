@@ -103,8 +103,6 @@ class LatentInpainting(LatentDiffusion):
         if method == "repaint":
             return super()._inpaint(prompts, x, m, method, seed, steps, guidance_scale, sampler, negative_prompt,
                                     batch_size, progress, resample)
-        if resample != 1:
-            raise ValueError("resample is RePaint's; the inpainting model reads the mask itself (use method 'repaint')")
         return self._generate_all(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress,
                                   cond=self.conditioning(x, m))
 

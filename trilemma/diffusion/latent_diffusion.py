@@ -18,7 +18,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
-from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit
+from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit, inpainting_method
 from trilemma.diffusion.guidance import decoded_clip_guide
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
@@ -122,9 +122,8 @@ class LatentDiffusion(TextToImageModel):
         if config.init.get("model"):
             self.init_from(config.init["model"])
             self.autoencoder.to(device).eval()
-            scale = self.config.latent_scale  # the donor's: its U-Net learnt latents at that scale
+            # The donor's latent scale stays (its U-Net learnt latents at that scale), not this data's.
             _, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
-            self.config.latent_scale = scale
             return dataset
         self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "U-Net"))
         self.autoencoder.to(device).eval()
@@ -234,11 +233,8 @@ class LatentDiffusion(TextToImageModel):
         input (the autoencoder's reconstruction): paste the original back where it must be exact. `image` and `mask`
         may be lists, one per prompt (different edits in one batch)."""
         prompts = check_prompts(prompts)
-        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, resample=resample)
-        method = method or self.default_inpainting
-        if method not in self.inpainting_methods:
-            raise ValueError(f"{type(self).__name__} inpaints by {' or '.join(self.inpainting_methods)}, not {method!r}"
-                             + ("; the 'model' method needs an inpainting model (shapes-ldm-f8-inpaint)" if method == "model" else ""))
+        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size)
+        method = inpainting_method(self, method, sampler, resample)
         device = next(self.unet.parameters()).device
         x, m = images_and_masks(image, mask, len(prompts), self.resolution)
         x, m = x.to(device), m.to(device)
