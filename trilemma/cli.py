@@ -6,6 +6,7 @@
     trilemma data export --split test --n 1000 --out data/test
     trilemma train configs/shapes-ldm.json [--resume]
     trilemma models [--default]
+    trilemma serve [--models ...] [--host 127.0.0.1] [--port 7860]
 
 Bad input gets one clear line on stderr and exit status 2, never a traceback.
 """
@@ -228,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("folder")
     sc.add_argument("--json", action="store_true", help="print one JSON object")
     sc.add_argument("--out", help="where to write the JSON (default: FOLDER/scores.json)")
+
+    se = sub.add_parser("serve", help="a web page and an HTTP API: generate, edit, compare models side by side")
+    se.add_argument("--models", nargs="+", metavar="NAME_OR_DIR",
+                    help="shipped model names or model folders (default: every shipped model); requests can use these only")
+    se.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    se.add_argument("--port", type=_positive(int, 65535), default=7860)
+    se.add_argument("--api-key", default=os.environ.get("TRILEMMA_API_KEY"),
+                    help="require this key (header X-API-Key) on the API (default: $TRILEMMA_API_KEY, else none)")
+    se.add_argument("--outdir", default="outputs/serve", help="where the images are written (PNG with their parameters)")
+    se.add_argument("--queue-size", type=_positive(int, 10_000), default=32, help="jobs that may wait; more get HTTP 429")
+    se.add_argument("--max-batch", type=_positive(int, 1024), default=32,
+                    help="images per forward pass when waiting requests are batched (1: one request at a time)")
+    se.add_argument("--max-images", type=_positive(int, 1000), default=8, help="images per request (at most)")
+    se.add_argument("--max-steps", type=_positive(int, 1000), default=200, help="sampling steps per request (at most)")
 
     mo = sub.add_parser("models", help="list the shipped models")
     mo.add_argument("--default", action="store_true", help="print the default model's name")
@@ -682,6 +697,17 @@ def cmd_score(args) -> None:
         print(f"(details in {out})")
 
 
+def cmd_serve(args) -> None:
+    from trilemma.folders import ensure_writable
+    from trilemma.serve import resolve_models, serve
+    from trilemma.serve.api import Limits
+
+    resolve_models(args.models)  # one line for a bad --models before anything starts
+    ensure_writable(args.outdir)
+    serve(args.host, args.port, models=args.models, outdir=args.outdir, api_key=args.api_key, queue_size=args.queue_size,
+          max_batch_images=args.max_batch, limits=Limits(max_images=args.max_images, max_steps=args.max_steps))
+
+
 def cmd_models(args) -> None:
     from trilemma.registry import DEFAULT_MODEL, model_info, shipped_clips, shipped_models
 
@@ -746,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     from trilemma.train.loop import TrainingDiverged
 
     handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models,
-                "interpolate": cmd_interpolate, "vary": cmd_vary, "edit": cmd_edit, "export": cmd_export, "evaluate": cmd_evaluate, "compare": cmd_compare}
+                "interpolate": cmd_interpolate, "vary": cmd_vary, "edit": cmd_edit, "export": cmd_export, "serve": cmd_serve, "evaluate": cmd_evaluate, "compare": cmd_compare}
     try:
         handlers[args.command](args)
     except (CheckpointError, PromptError, TrainingDiverged, ValueError, OSError, KeyError) as e:

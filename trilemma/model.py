@@ -182,10 +182,25 @@ def check_option(name: str, value):
 
 
 def check_options(**options) -> None:
-    """check_option for every option given (None: the model's default)."""
+    """check_option for every option given (None: the model's default); a list of seeds is checked seed by seed."""
     for name, value in options.items():
-        if value is not None or name == "seed":  # every other option has a default that None stands for
+        if name == "seed" and isinstance(value, (list, tuple)):
+            for s in value:
+                check_option("seed", s)
+        elif value is not None or name == "seed":  # every other option has a default that None stands for
             check_option(name, value)
+
+
+def image_seeds(seed, n: int) -> list[int]:
+    """Image i's seed: seed + i for one seed (a run's images do not depend on how it is batched), or the i-th of a
+    list of n seeds, so that requests with seeds of their own can share a batch (the server's dynamic batching)
+    and still draw what each would alone."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != n:
+            raise ValueError(f"{len(seed)} seeds for {n} images; give one seed, or one per image")
+        return [check_option("seed", s) for s in seed]
+    seed = check_option("seed", seed)
+    return [seed + i for i in range(n)]
 
 
 def check_prompts(prompts: list[str]) -> list[str]:

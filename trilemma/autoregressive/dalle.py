@@ -26,8 +26,9 @@ from transformers.generation.logits_process import LogitsProcessorList, TopKLogi
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.vq import VQTokenizer
-from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
+from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.progress import progress as progress_bar
+from trilemma.progress import report_step
 from trilemma.text.tokenizer import PromptTokenizer
 
 
@@ -147,13 +148,14 @@ class DalleTransformer(TextToImageModel):
                        use_cache=use_cache, progress=progress)
         if options["temperature"] <= 0:
             raise ValueError("temperature must be positive")
+        seeds_all = image_seeds(seed, len(prompts))
         best = None
         for c in range(candidates):
             images = []
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
                 # Candidate c of prompt i draws with seed (seed + i, c): more candidates never change the first.
-                seeds = [int(np.random.SeedSequence([seed + start + i, c]).generate_state(1, np.uint64)[0] >> 1) if c else seed + start + i
+                seeds = [int(np.random.SeedSequence([seeds_all[start + i], c]).generate_state(1, np.uint64)[0] >> 1) if c else seeds_all[start + i]
                          for i in range(len(chunk))]
                 images += to_pil(self.sample_tokens_to_images(chunk, seeds, **options))
             if candidates == 1:
@@ -198,4 +200,5 @@ class DalleTransformer(TextToImageModel):
             tokens[:, i] = (F.log_softmax(logits, dim=-1) + gumbel[:, i]).argmax(-1)
             new = (tokens[:, i:i + 1] + self.image_offset).repeat(2 if cfg else 1, 1)
             seq = torch.cat([seq, new], dim=1)
+            report_step("tokens", i + 1, self.image_length)
         return tokens

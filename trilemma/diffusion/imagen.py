@@ -33,7 +33,7 @@ from trilemma.diffusion.guidance import noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
-from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
+from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -356,13 +356,14 @@ class ImagenCascade(TextToImageModel):
             raise ValueError(f"the noise augmentation level must lie in [0, 1], not {options['aug_level']}")
         if not 1 <= options["stages"] <= len(self.config.resolutions):
             raise ValueError(f"stages must be between 1 and {len(self.config.resolutions)}")
+        seeds = image_seeds(seed, len(prompts))
         chunks = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             # Per-prompt tensors among a subclass's options (unCLIP's embeddings) go with their prompts.
             per_chunk = {k: v[start:start + batch_size] if torch.is_tensor(v) else v for k, v in options.items()}
             per_chunk["edit"] = edit_rows(per_chunk.get("edit"), start, len(chunk), len(prompts))
-            chunks.append(self._cascade(chunk, [seed + start + i for i in range(len(chunk))], **per_chunk))
+            chunks.append(self._cascade(chunk, seeds[start:start + len(chunk)], **per_chunk))
         return torch.cat(chunks)
 
     def _threshold_caps(self, override: float | None) -> list[float]:

@@ -22,7 +22,8 @@ from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_mask
 from trilemma.diffusion.guidance import decoded_clip_guide
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample
-from trilemma.model import TextToImageModel, TrainableModel, check_options, check_prompts, to_pil
+from trilemma.model import TextToImageModel, TrainableModel, check_options, check_prompts, image_seeds, to_pil
+from trilemma.progress import preview_decoder
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
 
@@ -256,11 +257,12 @@ class LatentDiffusion(TextToImageModel):
         steps = self.config.sampling_steps if steps is None else steps
         if steps < 1:
             raise ValueError("steps must be at least 1")
+        seeds = image_seeds(seed, len(prompts))
         images = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             sliced = edit_rows(edit, start, len(chunk), len(prompts))
-            images += self._generate_batch(chunk, [seed + start + i for i in range(len(chunk))], steps,
+            images += self._generate_batch(chunk, seeds[start:start + len(chunk)], steps,
                                            self.config.guidance_scale if guidance_scale is None else guidance_scale,
                                            self.config.sampler if sampler is None else sampler, negative_prompt,
                                            progress, **sliced)
@@ -280,8 +282,9 @@ class LatentDiffusion(TextToImageModel):
                 return self.denoise(torch.cat([x, extra.to(x.dtype)], dim=1), t, states, mask)
 
             denoise = conditioned
-        latents = sample(denoise, (self.latent_channels, self.latent_size, self.latent_size), seeds,
-                         self.make_sampler(sampler_name), steps, self.encode_text(prompts), uncond, guidance_scale,
-                         self.config.prediction_type, eta=eta, progress=progress, device=device, guide=guide,
-                         init=init, strength=strength, known=known, resample=resample)
+        with preview_decoder(lambda z: self.autoencoder.decode(z / self.config.latent_scale)):
+            latents = sample(denoise, (self.latent_channels, self.latent_size, self.latent_size), seeds,
+                             self.make_sampler(sampler_name), steps, self.encode_text(prompts), uncond, guidance_scale,
+                             self.config.prediction_type, eta=eta, progress=progress, device=device, guide=guide,
+                             init=init, strength=strength, known=known, resample=resample)
         return to_pil(self.autoencoder.decode(latents / self.config.latent_scale))

@@ -28,6 +28,7 @@ from trilemma.diffusion.guidance import guided_output
 from trilemma.diffusion.thresholding import MODES as THRESHOLDING_MODES
 from trilemma.diffusion.thresholding import IF_MAX_VALUE, IF_PERCENTILE, check_threshold_options, thresholded_output
 from trilemma.progress import progress as progress_bar
+from trilemma.progress import report_step
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 
@@ -116,6 +117,7 @@ def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], schedule
                 ab = landing_alpha_bar(scheduler, alphas_cumprod, timesteps, i)
                 noised = ab.sqrt() * x0.to(x.device, x.dtype) + (1 - ab).sqrt() * _draw(keep_noise, x)
                 x = keep * noised + (1 - keep) * x
+        report_step("denoising", i + 1, len(timesteps), x)
     return x
 
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
-from trilemma.model import TextToImageModel, check_options, check_prompts, to_pil
+from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -395,10 +395,11 @@ class DFGAN(TextToImageModel):
         prompts = check_prompts(prompts)
         check_options(seed=seed, truncation=truncation, batch_size=batch_size)
         truncation = self.config.truncation if truncation is None else truncation
+        seeds = image_seeds(seed, len(prompts))
         images = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            z = self.noise([seed + start + i for i in range(len(chunk))], truncation)
+            z = self.noise(seeds[start:start + len(chunk)], truncation)
             images += to_pil(self.render(self.generator(z, self.sentence_embedding(chunk))))
         return images
 

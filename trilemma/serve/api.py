@@ -1,0 +1,503 @@
+"""The HTTP API and the page: FastAPI, documented at /docs (OpenAPI), served by uvicorn.
+
+Every request is checked before it is queued, with the rules of the Python API (`trilemma.model.GENERATE_OPTIONS`,
+`check_prompts`, the editing checks): bad input is answered 4xx with one line per bad field, never 500 and never a
+queued job that fails later. The page (`page/`) is a client of this API and nothing more: whatever it does, a
+script can do the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import inspect
+import io
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from trilemma.model import GENERATE_OPTIONS
+from trilemma.serve.jobs import FINISHED, Job, JobManager, QueueFull
+
+PAGE = Path(__file__).parent / "page"
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++")  # trilemma.diffusion.sampling.SAMPLERS (no family is imported here)
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+@dataclass
+class Limits:
+    """Per-request caps (A1111 and text-generation servers set the same kind)."""
+    max_images: int = 8
+    max_steps: int = 200
+    max_prompt_chars: int = 500
+    max_upload_bytes: int = 8 * 2**20
+    max_upload_side: int = 4096
+
+
+class BadInput(Exception):
+    def __init__(self, errors: list[tuple[str, str]], status: int = 422, headers: dict | None = None):
+        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
+        self.errors, self.status, self.headers = errors, status, headers
+
+
+def _bound(name: str, **extra) -> dict:
+    kind, low, high, low_open = GENERATE_OPTIONS[name]
+    bounds = {"gt" if low_open else "ge": low}
+    if high != float("inf"):
+        bounds["le"] = high
+    return {**bounds, **extra}
+
+
+class Options(BaseModel):
+    """Sampling options; leave one out (or null) for the model's own default."""
+    model_config = ConfigDict(extra="forbid")
+    negative_prompt: str = Field("", description="what the image should not show (classifier-free guidance's unconditional branch)")
+    seed: int | None = Field(None, ge=-1, le=GENERATE_OPTIONS["seed"][2],
+                             description="image k uses seed + k; null or -1: a random seed, which the job reports")
+    num_images: int = Field(1, ge=1, description="images to draw (the server caps it; /api/health says the caps)")
+    steps: int | None = Field(None, **_bound("steps"), description="sampling steps (diffusion)")
+    guidance_scale: float | None = Field(None, **_bound("guidance_scale"), description="classifier-free guidance scale")
+    sampler: Literal["ddpm", "ddim", "dpmsolver++"] | None = Field(None, description="diffusion sampler")
+    eta: float | None = Field(None, **_bound("eta"), description="DDIM's noise level")
+    temperature: float | None = Field(None, **_bound("temperature"), description="autoregressive: sampling temperature")
+    top_k: int | None = Field(None, **_bound("top_k"), description="autoregressive: keep the k likeliest tokens")
+    top_p: float | None = Field(None, **_bound("top_p"), description="autoregressive: nucleus sampling mass")
+    truncation: float | None = Field(None, **_bound("truncation"), description="GANs: truncate z to [-t, t]")
+
+
+class GenerateRequest(Options):
+    prompt: str = Field(..., description="what the image shows", examples=["a red circle to the left of a blue square"])
+    model: str | None = Field(None, description="a model of /api/models (default: the server's first)")
+
+
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(..., examples=["two green squares"])
+    negative_prompt: str = ""
+    seed: int | None = Field(None, ge=-1, le=GENERATE_OPTIONS["seed"][2])
+    models: list[str] | None = Field(None, description="default: every model of the server")
+
+
+class EditForm(BaseModel):
+    """The form fields of an edit; the image (and mask) come as files."""
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = ""
+    model: str | None = None
+    negative_prompt: str = ""
+    seed: int | None = Field(None, ge=-1, le=GENERATE_OPTIONS["seed"][2])
+    num_images: int = Field(1, ge=1)
+    steps: int | None = Field(None, **_bound("steps"))
+    guidance_scale: float | None = Field(None, **_bound("guidance_scale"))
+    sampler: Literal["ddpm", "ddim", "dpmsolver++"] | None = None
+    strength: float | None = Field(None, **_bound("strength"), description="img2img: how far into the noise the image goes")
+    box: str | None = Field(None, description="inpaint without a mask file: 'x0,y0,x1,y1' in pixels of the image")
+
+
+# --- what the server can draw -------------------------------------------------------------------------------------
+def describe_models(models: dict[str, Path]) -> dict[str, dict]:
+    """Each model's family, the options its `generate` takes, its edits and its measured scores, read from its
+    config.json and class, without loading its weights."""
+    from trilemma.registry import model_class
+
+    out = {}
+    for name, path in models.items():
+        config = json.loads((path / "config.json").read_text())
+        klass = model_class(config["model_class"])
+        accepted = set(inspect.signature(klass.generate).parameters)
+        model_config = config.get("config", {})
+        scores = json.loads((path / "scores.json").read_text()) if (path / "scores.json").is_file() else {}
+        out[name] = {
+            "name": name, "family": config["family"], "model_class": config["model_class"],
+            "options": [k for k in Options.model_fields if k in accepted or k in ("seed", "num_images")],
+            "defaults": {k: model_config.get(c) for k, c in (("steps", "sampling_steps"), ("guidance_scale", "guidance_scale"),
+                                                              ("sampler", "sampler")) if model_config.get(c) is not None},
+            "edits": [e for e, ok in (("inpaint", hasattr(klass, "inpaint")), ("img2img", "init_image" in accepted),
+                                      ("vary", hasattr(klass, "vary"))) if ok],
+            "scores": {k: scores[k] for k in ("test", "test-novel", "n_per_split", "benchmark", "parameters") if k in scores},
+        }
+    return out
+
+
+# --- checks --------------------------------------------------------------------------------------------------------
+def _fix_seed(seed: int | None) -> int:
+    return secrets.randbelow(2**32) if seed is None or seed == -1 else seed
+
+
+def check_common(params: dict, info: dict, limits: Limits, errors: list, prompt_required: bool = True) -> None:
+    prompt = params.get("prompt", "")
+    if prompt_required and not prompt.strip():
+        errors.append(("prompt", "is empty; say what the image shows, for example 'a red circle'"))
+    for name in ("prompt", "negative_prompt"):
+        text = params.get(name) or ""
+        if len(text) > limits.max_prompt_chars:
+            errors.append((name, f"is {len(text)} characters; at most {limits.max_prompt_chars}"))
+        elif "\x00" in text:
+            errors.append((name, "holds a NUL character; send plain text"))
+    if params.get("num_images", 1) > limits.max_images:
+        errors.append(("num_images", f"at most {limits.max_images} a request on this server, got {params['num_images']}"))
+    if (params.get("steps") or 0) > limits.max_steps:
+        errors.append(("steps", f"at most {limits.max_steps} on this server, got {params['steps']}"))
+    unsupported = [k for k, v in params.items() if v not in (None, "") and k in Options.model_fields
+                   and k not in info["options"] and k not in ("negative_prompt",)]
+    if params.get("negative_prompt") and "negative_prompt" not in info["options"]:
+        unsupported.append("negative_prompt")
+    for k in unsupported:
+        errors.append((k, f"{info['name']} ({info['family']}) does not take {k}; it takes "
+                          f"{', '.join(o for o in info['options'] if o not in ('seed', 'num_images')) or 'no options'}"))
+
+
+class Server:
+    """The app's state: the jobs, the models, the caps and the key."""
+
+    def __init__(self, manager: JobManager, limits: Limits, api_key: str | None):
+        self.manager, self.limits, self.api_key = manager, limits, api_key
+        self.models = describe_models(manager.models)
+
+    def model_info(self, name: str | None, errors: list, need: str | None = None) -> dict | None:
+        if name is None:
+            if need:
+                for candidate in self._preferred(need):
+                    return self.models[candidate]
+                errors.append(("model", f"no model of this server can {need}"))
+                return None
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            errors.append(("model", f"unknown model {name!r}; this server has {', '.join(self.models)}"))
+            return None
+        info = self.models[name]
+        if need and need not in info["edits"]:
+            able = [m for m, i in self.models.items() if need in i["edits"]]
+            errors.append(("model", f"{name} ({info['model_class']}) does not {need}"
+                                    + (f"; these do: {', '.join(able)}" if able else "")))
+        return info
+
+    def _preferred(self, need: str) -> list[str]:
+        from trilemma.registry import INPAINTING_MODEL
+
+        able = [m for m, i in self.models.items() if need in i["edits"]]
+        return sorted(able, key=lambda m: m != INPAINTING_MODEL)
+
+
+def _params(model: BaseModel, drop=()) -> dict:
+    return {k: v for k, v in model.model_dump().items() if k not in drop and (v is not None or k == "seed")}
+
+
+async def read_upload(upload: UploadFile, name: str, limits: Limits, errors: list) -> Image.Image | None:
+    data = await upload.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise BadInput([(name, f"is over {limits.max_upload_bytes // 2**20} MB; send a smaller image")], status=413)
+    if not data:
+        errors.append((name, "is empty; send a PNG, JPEG or WebP image"))
+        return None
+    try:
+        image = Image.open(io.BytesIO(data))
+        fmt = image.format
+        if fmt not in UPLOAD_FORMATS:
+            raise BadInput([(name, f"is a {fmt} image; send a PNG, JPEG or WebP")], status=415)
+        if max(image.size) > limits.max_upload_side:
+            errors.append((name, f"is {image.size[0]}x{image.size[1]}; at most {limits.max_upload_side} pixels a side"))
+            return None
+        image.load()
+    except BadInput:
+        raise
+    except Exception:  # PIL's many ways of failing on a damaged file
+        raise BadInput([(name, "is not a readable image; send a PNG, JPEG or WebP")], status=415) from None
+    return image
+
+
+# --- the app -------------------------------------------------------------------------------------------------------
+def create_app(manager: JobManager, limits: Limits | None = None, api_key: str | None = None) -> FastAPI:
+    server = Server(manager, limits or Limits(), api_key)
+    limits = server.limits
+    app = FastAPI(title="trilemma", version=_version(),
+                  description="Text-to-image generation, editing and side-by-side comparison of diffusion, "
+                              "autoregressive and GAN models. Jobs are queued and run one forward pass at a time; "
+                              "requests for the same model and options that wait together share one (dynamic batching).")
+    app.state.server = server
+
+    def require_key(request: Request) -> None:
+        if server.api_key is None:
+            return
+        given = request.headers.get("x-api-key") or request.query_params.get("api_key") or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:]
+        if not hmac.compare_digest(given.encode(), server.api_key.encode()):
+            raise BadInput([("api_key", "missing or wrong; send the header 'X-API-Key: KEY' (or "
+                                        "'Authorization: Bearer KEY', or ?api_key=KEY)")], status=401)
+
+    keyed = [Depends(require_key)]
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, e: BadInput):
+        return JSONResponse({"detail": str(e), "errors": [{"field": f, "message": m} for f, m in e.errors]},
+                            status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        errors, seen = [], set()
+        for err in e.errors():
+            loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path", "form")]
+            name = ".".join(loc) or "body"
+            if name in seen:
+                continue  # one line per field: a union type reports each of its arms
+            seen.add(name)
+            message = err.get("msg", "is invalid")
+            if err.get("type") == "extra_forbidden":
+                message = "is not a field of this request; see /docs"
+            elif err.get("type") == "missing":
+                message = "is required"
+            elif err.get("type") == "json_invalid":
+                name, message = "body", "is not valid JSON"
+            elif "input" in err and err.get("type") != "model_attributes_type":
+                message = f"{message}, got {str(err['input'])[:60]!r}"
+            errors.append((name, message))
+        return await bad_input(request, BadInput(errors))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):  # a defect of trilemma's: one line, 500
+        return JSONResponse({"detail": f"internal error: {type(e).__name__}: {str(e)[:200]} (a bug; please report it)"},
+                            status_code=500)
+
+    @app.middleware("http")
+    async def cap_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > 2 * limits.max_upload_bytes + 2**20:
+            return JSONResponse({"detail": f"body: over {2 * limits.max_upload_bytes // 2**20 + 1} MB",
+                                 "errors": [{"field": "body", "message": "is too large"}]}, status_code=413)
+        return await call_next(request)
+
+    # --- the page --------------------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse((PAGE / "index.html").read_text())
+
+    app.mount("/static", StaticFiles(directory=PAGE), name="static")
+
+    # --- reading -----------------------------------------------------------------------------------------------------
+    @app.get("/api/health", summary="Whether the server runs; its queue, caps and whether it asks for a key")
+    async def health():
+        m = server.manager
+        return {"status": "ok", "queued": len(m.queue), "running": len(m.running), "queue_size": m.queue_size,
+                "max_batch_images": m.max_batch_images, "limits": limits.__dict__, "auth": server.api_key is not None}
+
+    @app.get("/api/models", summary="The models this server draws with: options, edits and measured scores",
+             dependencies=keyed)
+    async def models():
+        return list(server.models.values())
+
+    @app.get("/api/jobs", summary="Every job of this server's life, newest first (the gallery)", dependencies=keyed)
+    async def jobs(limit: Annotated[int, Query(ge=1, le=1000)] = 100, group: str | None = None,
+                   status: Literal["queued", "running", "done", "failed", "cancelled"] | None = None):
+        listed = [j for j in reversed(list(server.manager.jobs.values()))
+                  if (group is None or j.group == group) and (status is None or j.status == status)]
+        return [j.public() for j in listed[:limit]]
+
+    def find(job_id: str) -> Job:
+        job = server.manager.get(job_id)
+        if job is None:
+            raise BadInput([("job_id", f"no job {job_id[:40]!r} on this server (it keeps its last "
+                                       f"{server.manager.history} jobs, and none from before it started)")], status=404)
+        return job
+
+    @app.get("/api/jobs/{job_id}", summary="A job: status, progress, parameters, result links",
+             description="With ?wait=S, answers when the job has finished or after S seconds (a long poll).",
+             dependencies=keyed)
+    async def job(job_id: str, wait: Annotated[float, Query(ge=0, le=60)] = 0):
+        job = find(job_id)
+        if wait and job.status not in FINISHED:
+            await asyncio.get_running_loop().run_in_executor(None, server.manager.wait, job, wait)
+        return job.public(server.manager.position(job))
+
+    @app.get("/api/jobs/{job_id}/events", response_class=EventSourceResponse, dependencies=keyed,
+             summary="Server-sent events: the job each time it changes, and its preview image while it runs",
+             description="Events: `job` (the job, as GET /api/jobs/{id}), `preview` (a PNG as base64, where the "
+                         "family has one), and a last `job` once it is done, failed or cancelled.")
+    async def events(job_id: str):
+        job = find(job_id)
+        seen, preview = -1, None
+        while True:
+            if job.version != seen:
+                seen = job.version
+                yield ServerSentEvent(event="job", data=job.public(server.manager.position(job)))
+                if job.preview is not None and job.preview is not preview and job.status == "running":
+                    preview = job.preview
+                    yield ServerSentEvent(event="preview", data={"png": base64.b64encode(preview).decode()})
+                if job.status in FINISHED:
+                    return
+            await asyncio.sleep(0.05)
+
+    @app.get("/api/jobs/{job_id}/images/{k}", summary="Image k of a job, as a PNG carrying its parameters",
+             response_class=FileResponse, dependencies=keyed)
+    async def image(job_id: str, k: int, download: bool = False):
+        job = find(job_id)
+        if not 0 <= k < len(job.images):
+            raise BadInput([("k", f"job {job_id} has {len(job.images)} images ({job.status})")], status=404)
+        name = f"trilemma-{job.id}-{k}.png"
+        return FileResponse(server.manager.image_path(job, k), media_type="image/png",
+                            filename=name if download else None)
+
+    @app.get("/api/jobs/{job_id}/images", summary="A job's images as base64 PNGs in JSON", dependencies=keyed)
+    async def images_base64(job_id: str):
+        job = find(job_id)
+        return {"id": job.id, "status": job.status, "images": [
+            base64.b64encode(server.manager.image_path(job, k).read_bytes()).decode() for k in range(len(job.images))]}
+
+    @app.post("/api/jobs/{job_id}/cancel", summary="Cancel a job: a queued one leaves the queue, a running one stops "
+                                                   "at its next step", dependencies=keyed)
+    async def cancel(job_id: str):
+        job = find(job_id)
+        server.manager.cancel(job)
+        return job.public()
+
+    # --- submitting ---------------------------------------------------------------------------------------------------
+    def queue(jobs: list[Job]) -> list[Job]:
+        try:
+            return server.manager.submit(jobs)
+        except QueueFull as e:
+            raise BadInput([("queue", f"is full ({server.manager.queue_size} jobs waiting); retry in {e.retry_after} s")],
+                           status=429, headers={"Retry-After": str(e.retry_after)}) from None
+
+    def accepted(jobs: list[Job]) -> JSONResponse:
+        body = jobs[0].public(server.manager.position(jobs[0])) if len(jobs) == 1 else \
+            {"group": jobs[0].group, "jobs": [j.public(server.manager.position(j)) for j in jobs]}
+        return JSONResponse(body, status_code=202, headers={"Location": f"/api/jobs/{jobs[0].id}"})
+
+    @app.post("/api/generate", status_code=202, dependencies=keyed,
+              summary="Queue a text-to-image job; answers 202 with the job (poll it, or stream /events)",
+              responses={422: {"description": "one line per bad field"}, 429: {"description": "queue full; see Retry-After"}})
+    async def generate(request: GenerateRequest):
+        errors = []
+        info = server.model_info(request.model, errors)
+        params = _params(request, drop=("model",))
+        if info:
+            check_common(params, info, limits, errors)
+        if errors:
+            raise BadInput(errors)
+        params["seed"] = _fix_seed(params.get("seed"))
+        return accepted(queue([Job("generate", info["name"], params)]))
+
+    @app.post("/api/compare", status_code=202, dependencies=keyed,
+              summary="One prompt and seed on several models (default: all), each with its own defaults, side by side")
+    async def compare(request: CompareRequest):
+        errors = []
+        names = request.models or list(server.models)
+        for name in names:
+            server.model_info(name, errors)
+        params = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "num_images": 1}
+        for name in names if not errors else []:
+            info = server.models[name]
+            one = dict(params) if "negative_prompt" in info["options"] else {**params, "negative_prompt": ""}
+            check_common(one, info, limits, errors)
+            if errors:
+                break
+        if errors:
+            raise BadInput(errors[:1] if errors[0][0] == "prompt" else errors)
+        seed, group = _fix_seed(request.seed), secrets.token_hex(6)
+        jobs = []
+        for name in names:
+            one = {**params, "seed": seed}
+            if "negative_prompt" not in server.models[name]["options"]:
+                one.pop("negative_prompt")
+            jobs.append(Job("generate", name, one, group=group))
+        return accepted(queue(jobs))
+
+    async def edit(kind: str, form: EditForm, image: UploadFile, mask: UploadFile | None) -> JSONResponse:
+        errors = []
+        info = server.model_info(form.model, errors, need=kind)
+        params = _params(form, drop=("model", "box"))
+        if kind != "img2img" and form.strength is not None:
+            errors.append(("strength", "is image-to-image's; this request is " + kind))
+        if kind == "vary":
+            for k in ("sampler", "negative_prompt"):
+                if params.get(k):
+                    errors.append((k, "variations take steps, guidance_scale, seed, num_images and a caption (prompt) only"))
+                    params.pop(k)
+        if kind != "inpaint" and (mask is not None or form.box):
+            errors.append(("mask" if mask is not None else "box", "is inpainting's; this request is " + kind))
+        if info:
+            check_common({k: v for k, v in params.items() if k != "strength"}, info, limits, errors,
+                         prompt_required=kind != "vary")
+        source = await read_upload(image, "image", limits, errors)
+        inputs = {"image": source.convert("RGB")} if source is not None else {}
+        if kind == "inpaint" and source is not None:
+            inputs["mask"] = await _mask(form, mask, source, limits, errors)
+        if kind == "img2img":
+            params["strength"] = 0.6 if form.strength is None else form.strength
+            steps = form.steps or (info or {}).get("defaults", {}).get("steps")
+            if steps and int(steps * params["strength"]) < 1:
+                errors.append(("strength", f"{params['strength']} x {steps} steps leaves no denoising step; raise it"))
+        if errors:
+            raise BadInput(errors)
+        params["seed"] = _fix_seed(params.get("seed"))
+        return accepted(queue([Job(kind, info["name"], params, inputs=inputs)]))
+
+    @app.post("/api/inpaint", status_code=202, dependencies=keyed,
+              summary="Queue an inpainting job: redraw the mask's white region (or a box) to match the prompt")
+    async def inpaint(form: Annotated[EditForm, Form()], image: Annotated[UploadFile, File()],
+                      mask: Annotated[UploadFile | None, File()] = None):
+        return await edit("inpaint", form, image, mask)
+
+    @app.post("/api/img2img", status_code=202, dependencies=keyed,
+              summary="Queue an image-to-image job (SDEdit): the image, noised by `strength`, redrawn to the prompt")
+    async def img2img(form: Annotated[EditForm, Form()], image: Annotated[UploadFile, File()]):
+        return await edit("img2img", form, image, None)
+
+    @app.post("/api/vary", status_code=202, dependencies=keyed,
+              summary="Queue image variations (unCLIP): the image's CLIP embedding decoded with other seeds")
+    async def vary(form: Annotated[EditForm, Form()], image: Annotated[UploadFile, File()]):
+        return await edit("vary", form, image, None)
+
+    return app
+
+
+async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, limits: Limits, errors: list):
+    import numpy as np
+
+    from trilemma.diffusion.editing import box_mask  # editing's shared helpers, not a model
+
+    if (mask is None) == (form.box is None):
+        errors.append(("mask", "send a mask image (white: redraw) or a box 'x0,y0,x1,y1', one of the two"))
+        return None
+    if form.box is not None:
+        try:
+            box = [float(v) for v in form.box.split(",")]
+            if len(box) != 4:
+                raise ValueError
+        except ValueError:
+            errors.append(("box", f"must be four numbers 'x0,y0,x1,y1', got {form.box[:40]!r}"))
+            return None
+        try:
+            return box_mask(tuple(box), *image.size)
+        except ValueError as e:
+            errors.append(("box", str(e)))
+            return None
+    m = await read_upload(mask, "mask", limits, errors)
+    if m is None:
+        return None
+    if m.size != image.size:
+        errors.append(("mask", f"is {m.size[0]}x{m.size[1]} but the image is {image.size[0]}x{image.size[1]}; "
+                               "send a mask of the image's size"))
+        return None
+    grey = m.convert("L")
+    if np.asarray(grey).max() < 128:
+        errors.append(("mask", "has no white pixel: paint white where the image should change"))
+        return None
+    return grey
+
+
+def _version() -> str:
+    from trilemma import __version__
+
+    return __version__
