@@ -64,8 +64,9 @@ def report_step(desc: str, step: int, total: int, state=None) -> None:
     if callback is None:
         return
     preview = None
-    if state is not None:
-        decode = _decoder.get()
+    decode = _decoder.get()
+    # Only an image-shaped state has a preview: pixels, or latents with a decoder (not unCLIP's prior's embeddings).
+    if state is not None and state.dim() == 4 and (decode is not None or state.shape[1] == 3):
 
         def preview():
             from trilemma.model import to_pil

@@ -91,7 +91,8 @@ class CompareRequest(BaseModel):
 
 class EditForm(BaseModel):
     """The form fields of an edit; the image (and mask) come as files."""
-    model_config = ConfigDict(extra="forbid")
+    # "allow", not "forbid": FastAPI hands a form model the file parts too. Unknown fields are refused in `edit`.
+    model_config = ConfigDict(extra="allow")
     prompt: str = ""
     model: str | None = None
     negative_prompt: str = ""
@@ -261,7 +262,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
             elif err.get("type") == "json_invalid":
                 name, message = "body", "is not valid JSON"
             elif "input" in err and err.get("type") != "model_attributes_type":
-                message = f"{message}, got {str(err['input'])[:60]!r}"
+                message = f"{message}, got {repr(err['input'])[:60]}"
             errors.append((name, message))
         return await bad_input(request, BadInput(errors))
 
@@ -270,13 +271,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
         return JSONResponse({"detail": f"internal error: {type(e).__name__}: {str(e)[:200]} (a bug; please report it)"},
                             status_code=500)
 
-    @app.middleware("http")
-    async def cap_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > 2 * limits.max_upload_bytes + 2**20:
-            return JSONResponse({"detail": f"body: over {2 * limits.max_upload_bytes // 2**20 + 1} MB",
-                                 "errors": [{"field": "body", "message": "is too large"}]}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyCap, limit=2 * limits.max_upload_bytes + 2**20)
 
     # --- the page --------------------------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -324,8 +319,8 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
              summary="Server-sent events: the job each time it changes, and its preview image while it runs",
              description="Events: `job` (the job, as GET /api/jobs/{id}), `preview` (a PNG as base64, where the "
                          "family has one), and a last `job` once it is done, failed or cancelled.")
-    async def events(job_id: str):
-        job = find(job_id)
+    async def events(job: Job = Depends(find)):
+        # The job is found by a dependency, before the stream starts: an unknown id is a 404, not a broken stream.
         seen, preview = -1, None
         while True:
             if job.version != seen:
@@ -385,6 +380,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
             check_common(params, info, limits, errors)
         if errors:
             raise BadInput(errors)
+        params = {k: v for k, v in params.items() if k in info["options"] or k == "prompt"}  # drops unset ones only
         params["seed"] = _fix_seed(params.get("seed"))
         return accepted(queue([Job("generate", info["name"], params)]))
 
@@ -414,9 +410,10 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
         return accepted(queue(jobs))
 
     async def edit(kind: str, form: EditForm, image: UploadFile, mask: UploadFile | None) -> JSONResponse:
-        errors = []
+        errors = [(k, "is not a field of this request; see /docs") for k in (form.model_extra or {})
+                  if k not in ("image", "mask")]
         info = server.model_info(form.model, errors, need=kind)
-        params = _params(form, drop=("model", "box"))
+        params = _params(form, drop=("model", "box", "image", "mask", *(form.model_extra or {})))
         if kind != "img2img" and form.strength is not None:
             errors.append(("strength", "is image-to-image's; this request is " + kind))
         if kind == "vary":
@@ -440,6 +437,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
                 errors.append(("strength", f"{params['strength']} x {steps} steps leaves no denoising step; raise it"))
         if errors:
             raise BadInput(errors)
+        params = {k: v for k, v in params.items() if k in info["options"] or k in ("prompt", "strength")}
         params["seed"] = _fix_seed(params.get("seed"))
         return accepted(queue([Job(kind, info["name"], params, inputs=inputs)]))
 
@@ -495,6 +493,24 @@ async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, lim
         errors.append(("mask", "has no white pixel: paint white where the image should change"))
         return None
     return grey
+
+
+class BodyCap:
+    """Refuses a body whose Content-Length is over the limit (413) before anything reads it. Plain ASGI, not
+    BaseHTTPMiddleware, which would sit between the event streams and their clients."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = JSONResponse({"detail": f"body: over {self.limit // 2**20} MB",
+                                         "errors": [{"field": "body", "message": f"is over {self.limit // 2**20} MB"}]},
+                                        status_code=413)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _version() -> str:
