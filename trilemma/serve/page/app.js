@@ -189,16 +189,18 @@ function clearMask() { $("mask-canvas").getContext("2d").clearRect(0, 0, 256, 25
 
 function setUpMaskDrawing() {
   const canvas = $("mask-canvas"), ctx = canvas.getContext("2d");
-  let drawing = false;
+  let last = null;  // the previous point of the stroke: segments join it, so a quick stroke leaves no gaps
   const at = (e) => { const r = canvas.getBoundingClientRect(); return [(e.clientX - r.left) * 256 / r.width, (e.clientY - r.top) * 256 / r.height]; };
   const paint = (e) => {
-    if (!drawing) return;
-    const [x, y] = at(e), radius = Number($("brush").value) * 2;
-    ctx.fillStyle = "#fff"; ctx.beginPath(); ctx.arc(x, y, radius, 0, 2 * Math.PI); ctx.fill();
+    if (!last) return;
+    const point = at(e);
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = Number($("brush").value) * 4; ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath(); ctx.moveTo(...last); ctx.lineTo(...point); ctx.stroke();
+    last = point;
   };
-  canvas.addEventListener("pointerdown", (e) => { drawing = true; canvas.setPointerCapture(e.pointerId); paint(e); });
+  canvas.addEventListener("pointerdown", (e) => { last = at(e); canvas.setPointerCapture(e.pointerId); paint(e); });
   canvas.addEventListener("pointermove", paint);
-  canvas.addEventListener("pointerup", () => { drawing = false; });
+  canvas.addEventListener("pointerup", () => { last = null; });
 }
 
 // The drawn mask at the image's own size: white where the model redraws, black elsewhere.
