@@ -57,10 +57,12 @@ def rss_mb(pid: int) -> float | None:
 
 def run(model: str, max_batch: int, args, refs) -> dict:
     outdir = Path(args.workdir) / f"{model}-batch{max_batch}"
+    outdir.mkdir(parents=True, exist_ok=True)
     port = args.port
+    log = open(outdir / "server.log", "w")  # a file, not a pipe that nobody reads while the clients run
     server = subprocess.Popen([sys.executable, "-m", "trilemma", "serve", "--models", model, "--port", str(port),
                                "--queue-size", str(args.queue_size), "--max-batch", str(max_batch), "--outdir", str(outdir)],
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=log, stdout=log, text=True)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -70,7 +72,7 @@ def run(model: str, max_batch: int, args, refs) -> dict:
             time.sleep(0.1)
     else:
         server.kill()
-        raise SystemExit(f"the server did not start: {server.stderr.read()[-2000:]}")
+        raise SystemExit(f"the server did not start: {(outdir / 'server.log').read_text()[-2000:]}")
     # One warm-up job loads the model, so that loading is not in the measured minute.
     with httpx.Client(base_url=base, timeout=120) as c:
         job = c.post("/api/generate", json={"prompt": "a red circle", "seed": 0}).json()
@@ -140,19 +142,19 @@ def run(model: str, max_batch: int, args, refs) -> dict:
     for t in threads + [sampler]:
         t.join()
     with httpx.Client(base_url=base, timeout=30) as c:
-        served = c.get("/api/jobs", params={"limit": 1000, "status": "done"}).json()
+        health = c.get("/api/health").json()  # images per forward pass, over the server's last 1000 passes
     server.terminate()
     server.wait(timeout=30)
+    log.close()
     in_window = [t for t in stats["completions"] if t <= stop_at]
     lat = sorted(stats.pop("latencies"))
     stats.pop("completions")
-    batch_sizes = [j["batch_images"] for j in served]
     memory = [m for m in memory if m is not None]
     return {**stats, "model": model, "max_batch": max_batch, "clients": args.clients, "seconds": args.seconds,
             "images_per_s": round(len(in_window) / (stop_at - start), 3),
             "latency_p50_s": round(statistics.median(lat), 3) if lat else None,
             "latency_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3) if lat else None,
-            "mean_batch_images": round(statistics.mean(batch_sizes), 2) if batch_sizes else None,
+            "mean_batch_images": health["images_per_pass"],
             "rss_mb_start": round(memory[0]) if memory else None, "rss_mb_max": round(max(memory)) if memory else None,
             "rss_mb_end": round(memory[-1]) if memory else None}
 

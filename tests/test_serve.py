@@ -53,6 +53,14 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def assert_same_image(served: bytes, alone: Image.Image, what) -> None:
+    """The served image is its own request's, drawn in a batch: the same noise and prompt as alone. Computing a
+    batch of several may round a pixel one grey level apart from a batch of one (measured: at most 1, in one pixel of
+    12,288); another request's image differs by about 30 grey levels on average."""
+    diff = np.abs(pixels(served).astype(float) - np.asarray(alone, dtype=float))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (what, diff.max(), diff.mean())
+
+
 def scene(size=64) -> Image.Image:
     from trilemma.shapes.scenes import render, sample_scene
 
@@ -124,11 +132,10 @@ def test_random_seed_is_drawn_and_reported(client):
 
 def test_waiting_requests_share_a_forward_pass_and_each_gets_its_own_images(served):
     client, manager = served
-    slow = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-ldm-f8", "steps": 60}).json()
     asks = [("a red circle", 3, 2), ("two green squares", 40, 1), ("a yellow triangle below a blue circle", 7, 3)]
-    jobs = [client.post("/api/generate", json={"prompt": p, "model": "shapes-dfgan", "seed": s, "num_images": n}).json()
-            for p, s, n in asks]
-    finished(client, slow)
+    with manager.paused():  # the three meet in the queue, as under load
+        jobs = [client.post("/api/generate", json={"prompt": p, "model": "shapes-dfgan", "seed": s, "num_images": n}).json()
+                for p, s, n in asks]
     done = [finished(client, j) for j in jobs]
     assert all(j["status"] == "done" for j in done)
     assert [j["batch_images"] for j in done] == [6, 6, 6]  # the three waited together: one pass of 2 + 1 + 3 images
@@ -136,19 +143,66 @@ def test_waiting_requests_share_a_forward_pass_and_each_gets_its_own_images(serv
     for (prompt, seed, n), job in zip(asks, done):
         alone = model.generate([prompt] * n, seed=seed)
         for k in range(n):
-            # Each image is its own request's: the same noise and prompt as alone. A convolution over a batch of 6
-            # may round one pixel of the 12,288 one grey level apart from a batch of 1 (measured: at most 1, mean
-            # 1e-4); another request's image differs by about 30 grey levels on average.
-            diff = np.abs(pixels(client.get(job["images"][k]).content).astype(float) - np.asarray(alone[k], dtype=float))
-            assert diff.max() <= 2 and diff.mean() < 0.05, (prompt, k, diff.max(), diff.mean())
+            assert_same_image(client.get(job["images"][k]).content, alone[k], (prompt, k))
 
 
-def test_requests_with_other_options_are_not_batched_together(client):
-    slow = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-ldm-f8", "steps": 60}).json()
-    a = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-ldm-f8", "steps": 4}).json()
-    b = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-ldm-f8", "steps": 5}).json()
-    finished(client, slow)
-    assert [finished(client, j)["batch_images"] for j in (a, b)] == [1, 1]
+def test_batched_diffusion_images_are_their_requests_own(served):
+    client, manager = served
+    asks = [("a red circle", 5), ("two green squares", 9), ("a blue triangle", 2)]
+    with manager.paused():
+        jobs = [client.post("/api/generate", json={"prompt": p, "model": "shapes-ldm-f8", "seed": s, "steps": 6}).json()
+                for p, s in asks]
+    done = [finished(client, j) for j in jobs]
+    assert [j["batch_images"] for j in done] == [3, 3, 3]
+    model = trilemma.load("shapes-ldm-f8")
+    for (prompt, seed), job in zip(asks, done):
+        alone = model.generate([prompt], seed=seed, steps=6)[0]
+        assert_same_image(client.get(job["images"][0]).content, alone, prompt)
+
+
+def test_requests_with_other_options_are_not_batched_together(served):
+    client, manager = served
+    with manager.paused():
+        a = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-ldm-f8", "steps": 4}).json()
+        b = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-ldm-f8", "steps": 5}).json()
+        c = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-dfgan"}).json()
+    assert [finished(client, j)["batch_images"] for j in (a, b, c)] == [1, 1, 1]
+
+
+def test_a_job_that_fails_in_the_worker_fails_alone_and_the_worker_goes_on(served):
+    from trilemma.serve.jobs import Job
+
+    client, manager = served
+    with manager.paused():  # a job the API would have refused, put straight in the queue between two good ones
+        good = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-dfgan", "seed": 1}).json()
+        bad = manager.submit([Job("generate", "shapes-dfgan", {"prompt": " ", "seed": 2, "num_images": 1})])[0]
+        other = client.post("/api/generate", json={"prompt": "a blue circle", "model": "shapes-dfgan", "seed": 3}).json()
+    assert finished(client, good)["status"] == "done" and finished(client, other)["status"] == "done"
+    failed = finished(client, {"id": bad.id})
+    assert failed["status"] == "failed" and "prompt" in failed["error"]
+    outdir = manager.outdir
+    manager.outdir = outdir / "missing" / "folder"  # writing the PNG fails after the model has drawn
+    try:
+        broken = finished(client, client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-dfgan"}).json())
+    finally:
+        manager.outdir = outdir
+    assert broken["status"] == "failed" and "internal error" in broken["error"]
+    assert finished(client, client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-dfgan"}).json())["status"] == "done"
+
+
+def test_cancel_one_job_of_a_shared_forward_pass(served):
+    client, manager = served
+    with manager.paused():
+        keep = client.post("/api/generate", json={"prompt": "a red circle", "model": "shapes-ldm-f8", "steps": 120}).json()
+        drop = client.post("/api/generate", json={"prompt": "a blue square", "model": "shapes-ldm-f8", "steps": 120}).json()
+    for _ in range(200):
+        if client.get(f"/api/jobs/{drop['id']}").json()["status"] == "running":
+            break
+        time.sleep(0.02)
+    client.post(f"/api/jobs/{drop['id']}/cancel")
+    kept, dropped = finished(client, keep), finished(client, drop)
+    assert kept["status"] == "done" and kept["batch_images"] == 2 and len(kept["images"]) == 1
+    assert dropped["status"] == "cancelled" and dropped["images"] == []
 
 
 def test_events_stream_progress_and_a_preview(client):
@@ -265,6 +319,7 @@ GENERATE_BAD = [
     ({"prompt": "a red circle", "color": "red"}, 422, ["color"]),
     ({"prompt": 7}, 422, ["prompt"]),
     ({"prompt": "a\x00b"}, 422, ["prompt"]),
+    ({"prompt": "a red circle", "model": "shapes-dfgan", "seed": 2**62 - 1, "num_images": 2}, 422, ["seed"]),
     ({"prompt": "", "model": "shapes-ldm-f8", "steps": 999}, 422, ["prompt", "steps"]),  # every bad field, one line each
 ]
 
@@ -281,6 +336,27 @@ def test_bad_generate_requests_get_one_line_per_field(client, body, status, fiel
     assert [e["field"] for e in errors] == fields, errors
     assert all(e["message"] and "\n" not in e["message"] for e in errors)
     assert len(client.get("/api/jobs", params={"limit": 1000}).json()) == before  # nothing was queued
+
+
+def test_text_that_is_not_unicode_is_refused(client):
+    r = client.post("/api/generate", content='{"prompt": "a red \\ud800 circle"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "prompt"
+
+
+def test_a_mask_that_vanishes_at_the_models_side_is_refused(client):
+    big = png(Image.new("RGB", (1024, 1024), "white"))
+    r = client.post("/api/inpaint", data={"prompt": "a red circle", "box": "0,0,3,3"}, files={"image": ("b.png", big, "image/png")})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "box" and "vanishes" in r.json()["errors"][0]["message"]
+
+
+def test_oversized_bodies_and_posts_from_other_sites_are_refused(client):
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"x" * 2**20
+    r = client.post("/api/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/api/generate", json={"prompt": "a red circle"}, headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and r.json()["errors"][0]["field"] == "origin"
 
 
 def test_malformed_json_and_unknown_jobs(client):
@@ -390,6 +466,8 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path):
             full = client.post("/api/generate", json=slow)
             assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
             assert full.json()["errors"][0]["field"] == "queue"
+            r = client.post("/api/compare", json={"prompt": "a red circle", "models": ["shapes-ldm-f8"] * 3})
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == "models"  # could never fit: not a 429
             for job in client.get("/api/jobs").json():
                 client.post(f"/api/jobs/{job['id']}/cancel")
     finally:
@@ -412,6 +490,15 @@ def test_api_key(tmp_path):
             done = client.get(f"/api/jobs/{job['id']}", params={"wait": 30, "api_key": "s3cret"}).json()
             assert client.get(done["images"][0]).status_code == 401
             assert client.get(done["images"][0], params={"api_key": "s3cret"}).status_code == 200  # what <img> tags use
+    finally:
+        manager.close()
+
+
+def test_an_empty_key_is_no_key(tmp_path):
+    app, manager = build_app(["shapes-dfgan"], tmp_path, api_key="")
+    try:
+        with TestClient(app) as client:
+            assert client.get("/api/health").json()["auth"] is False
     finally:
         manager.close()
 

@@ -38,8 +38,8 @@ _decoder: ContextVar = ContextVar("trilemma_preview_decoder", default=None)
 @contextmanager
 def listen(callback):
     """Within the block, every sampling step calls `callback(desc, step, total, preview)`: desc names the loop
-    ("denoising", "tokens"), step counts from 1, and preview() (None where the loop has no image yet) returns the
-    current state as PIL images, computed only if called. The callback may raise to stop the generation."""
+    ("denoising", "tokens"), step counts from 1, and preview(rows=None) (None where the loop has no image) returns the
+    current state of those rows of the batch (all by default) as PIL images, computed only if called. The callback may raise to stop the generation."""
     token = _listener.set(callback)
     try:
         yield
@@ -68,10 +68,11 @@ def report_step(desc: str, step: int, total: int, state=None) -> None:
     # Only an image-shaped state has a preview: pixels, or latents with a decoder (not unCLIP's prior's embeddings).
     if state is not None and state.dim() == 4 and (decode is not None or state.shape[1] == 3):
 
-        def preview():
+        def preview(rows=None):
             from trilemma.model import to_pil
 
-            x = decode(state) if decode is not None else state
+            x = state if rows is None else state[list(rows)]
+            x = decode(x) if decode is not None else x
             return to_pil(x[:, :3].float().clamp(-1, 1).nan_to_num(0.0))
 
     callback(desc, step, total, preview)

@@ -49,7 +49,7 @@ def build_app(models: list[str] | None = None, outdir: str | Path = "outputs/ser
     from trilemma.serve.jobs import JobManager
 
     manager = JobManager(resolve_models(models), outdir, queue_size=queue_size, max_batch_images=max_batch_images)
-    return create_app(manager, limits or Limits(), api_key), manager
+    return create_app(manager, limits or Limits(), api_key or None), manager  # an empty key is no key
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, **options) -> None:
@@ -59,6 +59,11 @@ def serve(host: str = "127.0.0.1", port: int = 7860, **options) -> None:
         print(f"warning: serving on {host} without --api-key: anyone who reaches this port can use the models",
               file=sys.stderr)
     app, manager = build_app(**options)
+    if host in LOOPBACK:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        # A page on another site cannot reach a loopback server through DNS rebinding: only loopback names are served.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
     print(f"trilemma: {len(manager.models)} models ({', '.join(manager.models)}); open http://{host}:{port}/ "
           f"(API documented at /docs); images go to {manager.outdir}", file=sys.stderr)
     try:

@@ -15,12 +15,13 @@ import inspect
 import io
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
@@ -32,7 +33,7 @@ from trilemma.serve.jobs import FINISHED, Job, JobManager, QueueFull
 
 PAGE = Path(__file__).parent / "page"
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")  # trilemma.diffusion.sampling.SAMPLERS (no family is imported here)
-UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+UPLOAD_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")  # MPO: what many cameras' JPEGs open as
 
 
 @dataclass
@@ -125,6 +126,8 @@ def describe_models(models: dict[str, Path]) -> dict[str, dict]:
                                                               ("sampler", "sampler")) if model_config.get(c) is not None},
             "edits": [e for e, ok in (("inpaint", hasattr(klass, "inpaint")), ("img2img", "init_image" in accepted),
                                       ("vary", hasattr(klass, "vary"))) if ok],
+            # the sides the model draws at (a cascade's every stage): a mask must survive resizing to each
+            "resolutions": model_config.get("resolutions") or [model_config.get("resolution", 64)],
             "scores": {k: scores[k] for k in ("test", "test-novel", "n_per_split", "benchmark", "parameters") if k in scores},
         }
     return out
@@ -145,6 +148,15 @@ def check_common(params: dict, info: dict, limits: Limits, errors: list, prompt_
             errors.append((name, f"is {len(text)} characters; at most {limits.max_prompt_chars}"))
         elif "\x00" in text:
             errors.append((name, "holds a NUL character; send plain text"))
+        else:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but no text
+                errors.append((name, "is not valid Unicode text; send UTF-8 text"))
+    seed = params.get("seed")
+    if isinstance(seed, int) and seed + params.get("num_images", 1) - 1 > GENERATE_OPTIONS["seed"][2]:
+        errors.append(("seed", f"image k uses seed + k, and seed + {params['num_images'] - 1} is over 2^62 - 1; "
+                               "use a smaller seed"))
     if params.get("num_images", 1) > limits.max_images:
         errors.append(("num_images", f"at most {limits.max_images} a request on this server, got {params['num_images']}"))
     if (params.get("steps") or 0) > limits.max_steps:
@@ -210,6 +222,7 @@ async def read_upload(upload: UploadFile, name: str, limits: Limits, errors: lis
             errors.append((name, f"is {image.size[0]}x{image.size[1]}; at most {limits.max_upload_side} pixels a side"))
             return None
         image.load()
+        image = image.convert("RGB")
     except BadInput:
         raise
     except Exception:  # PIL's many ways of failing on a damaged file
@@ -284,8 +297,11 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
     @app.get("/api/health", summary="Whether the server runs; its queue, caps and whether it asks for a key")
     async def health():
         m = server.manager
+        passes = list(m.batches)
         return {"status": "ok", "queued": len(m.queue), "running": len(m.running), "queue_size": m.queue_size,
-                "max_batch_images": m.max_batch_images, "limits": limits.__dict__, "auth": server.api_key is not None}
+                "max_batch_images": m.max_batch_images, "limits": limits.__dict__, "auth": server.api_key is not None,
+                "recent_passes": len(passes),
+                "images_per_pass": round(sum(passes) / len(passes), 2) if passes else None}
 
     @app.get("/api/models", summary="The models this server draws with: options, edits and measured scores",
              dependencies=keyed)
@@ -311,8 +327,10 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
              dependencies=keyed)
     async def job(job_id: str, wait: Annotated[float, Query(ge=0, le=60)] = 0):
         job = find(job_id)
-        if wait and job.status not in FINISHED:
-            await asyncio.get_running_loop().run_in_executor(None, server.manager.wait, job, wait)
+        # Waiting on the event loop, not in a thread: a thread per long poll would exhaust the executor's few threads.
+        deadline = time.monotonic() + wait
+        while job.status not in FINISHED and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         return job.public(server.manager.position(job))
 
     @app.get("/api/jobs/{job_id}/events", response_class=EventSourceResponse, dependencies=keyed,
@@ -322,16 +340,21 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
     async def events(job: Job = Depends(find)):
         # The job is found by a dependency, before the stream starts: an unknown id is a 404, not a broken stream.
         seen, preview = -1, None
-        while True:
-            if job.version != seen:
-                seen = job.version
-                yield ServerSentEvent(event="job", data=job.public(server.manager.position(job)))
-                if job.preview is not None and job.preview is not preview and job.status == "running":
-                    preview = job.preview
-                    yield ServerSentEvent(event="preview", data={"png": base64.b64encode(preview).decode()})
-                if job.status in FINISHED:
-                    return
-            await asyncio.sleep(0.05)
+        job.watchers += 1
+        try:
+            while True:
+                if job.version != seen:
+                    seen = job.version
+                    yield ServerSentEvent(event="job", data=job.public(server.manager.position(job)))
+                    current = job.preview
+                    if current is not None and current is not preview and job.status == "running":
+                        preview = current
+                        yield ServerSentEvent(event="preview", data={"png": base64.b64encode(preview).decode()})
+                    if job.status in FINISHED:
+                        return
+                await asyncio.sleep(0.05)
+        finally:
+            job.watchers -= 1
 
     @app.get("/api/jobs/{job_id}/images/{k}", summary="Image k of a job, as a PNG carrying its parameters",
              response_class=FileResponse, dependencies=keyed)
@@ -339,15 +362,18 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
         job = find(job_id)
         if not 0 <= k < len(job.images):
             raise BadInput([("k", f"job {job_id} has {len(job.images)} images ({job.status})")], status=404)
-        name = f"trilemma-{job.id}-{k}.png"
-        return FileResponse(server.manager.image_path(job, k), media_type="image/png",
-                            filename=name if download else None)
+        name, path = f"trilemma-{job.id}-{k}.png", server.manager.image_path(job, k)
+        if not path.is_file():
+            raise BadInput([("k", f"{path.name} is no longer in the output folder")], status=404)
+        return FileResponse(path, media_type="image/png", filename=name if download else None)
 
     @app.get("/api/jobs/{job_id}/images", summary="A job's images as base64 PNGs in JSON", dependencies=keyed)
     async def images_base64(job_id: str):
         job = find(job_id)
-        return {"id": job.id, "status": job.status, "images": [
-            base64.b64encode(server.manager.image_path(job, k).read_bytes()).decode() for k in range(len(job.images))]}
+        paths = [server.manager.image_path(job, k) for k in range(len(job.images))]
+        if not all(p.is_file() for p in paths):
+            raise BadInput([("job_id", f"job {job.id}'s images are no longer in the output folder")], status=404)
+        return {"id": job.id, "status": job.status, "images": [base64.b64encode(p.read_bytes()).decode() for p in paths]}
 
     @app.post("/api/jobs/{job_id}/cancel", summary="Cancel a job: a queued one leaves the queue, a running one stops "
                                                    "at its next step", dependencies=keyed)
@@ -398,6 +424,9 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
             check_common(one, info, limits, errors)
             if errors:
                 break
+        if not errors and len(names) > server.manager.queue_size:
+            errors.append(("models", f"{len(names)} models are more jobs than this server's queue holds "
+                                     f"({server.manager.queue_size}); compare fewer at a time"))
         if errors:
             raise BadInput(errors[:1] if errors[0][0] == "prompt" else errors)
         seed, group = _fix_seed(request.seed), secrets.token_hex(6)
@@ -417,6 +446,8 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
         if kind != "img2img" and form.strength is not None:
             errors.append(("strength", "is image-to-image's; this request is " + kind))
         if kind == "vary":
+            if form.num_images > 64:
+                errors.append(("num_images", f"at most 64 variations of an image, got {form.num_images}"))
             for k in ("sampler", "negative_prompt"):
                 if params.get(k):
                     errors.append((k, "variations take steps, guidance_scale, seed, num_images and a caption (prompt) only"))
@@ -427,9 +458,9 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
             check_common({k: v for k, v in params.items() if k != "strength"}, info, limits, errors,
                          prompt_required=kind != "vary")
         source = await read_upload(image, "image", limits, errors)
-        inputs = {"image": source.convert("RGB")} if source is not None else {}
+        inputs = {"image": source} if source is not None else {}
         if kind == "inpaint" and source is not None:
-            inputs["mask"] = await _mask(form, mask, source, limits, errors)
+            inputs["mask"] = await _mask(form, mask, source, limits, errors, info["resolutions"] if info else [64])
         if kind == "img2img":
             params["strength"] = 0.6 if form.strength is None else form.strength
             steps = form.steps or (info or {}).get("defaults", {}).get("steps")
@@ -460,7 +491,8 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
     return app
 
 
-async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, limits: Limits, errors: list):
+async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, limits: Limits, errors: list,
+                resolutions: list[int]):
     import numpy as np
 
     from trilemma.diffusion.editing import box_mask  # editing's shared helpers, not a model
@@ -477,10 +509,11 @@ async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, lim
             errors.append(("box", f"must be four numbers 'x0,y0,x1,y1', got {form.box[:40]!r}"))
             return None
         try:
-            return box_mask(tuple(box), *image.size)
+            grey = box_mask(tuple(box), *image.size)
         except ValueError as e:
             errors.append(("box", str(e)))
             return None
+        return _survives(grey, "box", resolutions, errors)
     m = await read_upload(mask, "mask", limits, errors)
     if m is None:
         return None
@@ -492,25 +525,67 @@ async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, lim
     if np.asarray(grey).max() < 128:
         errors.append(("mask", "has no white pixel: paint white where the image should change"))
         return None
-    return grey
+    return _survives(grey, "mask", resolutions, errors)
+
+
+def _survives(mask: Image.Image, field: str, resolutions: list[int], errors: list) -> Image.Image | None:
+    """The mask, if it is still a mask at every side the model draws at (a thin stroke on a large upload can vanish
+    when resized): checked here, so that the model is never handed an empty one."""
+    from trilemma.diffusion.editing import mask_tensor
+
+    for side in resolutions:
+        try:
+            mask_tensor(mask, side)
+        except ValueError:
+            errors.append((field, f"vanishes at the model's {side}x{side} pixels: make the region larger"))
+            return None
+    return mask
 
 
 class BodyCap:
-    """Refuses a body whose Content-Length is over the limit (413) before anything reads it. Plain ASGI, not
-    BaseHTTPMiddleware, which would sit between the event streams and their clients."""
+    """Refuses a body over the limit (413) as it arrives, whether it says its Content-Length or comes in chunks, and
+    a POST from a page of another origin (403): with no key, a page on any site could otherwise make the visitor's
+    browser submit forms to a server on their loopback. Plain ASGI, not BaseHTTPMiddleware, which would sit between
+    the event streams and their clients."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                response = JSONResponse({"detail": f"body: over {self.limit // 2**20} MB",
-                                         "errors": [{"field": "body", "message": f"is over {self.limit // 2**20} MB"}]},
-                                        status_code=413)
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        too_large = JSONResponse({"detail": f"body: over {self.limit // 2**20} MB",
+                                  "errors": [{"field": "body", "message": f"is over {self.limit // 2**20} MB"}]},
+                                 status_code=413)
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await too_large(scope, receive, send)
+        origin = headers.get(b"origin")
+        if scope["method"] == "POST" and origin and origin.split(b"//")[-1] != headers.get(b"host", b""):
+            return await JSONResponse({"detail": "origin: a page of another site may not post here",
+                                       "errors": [{"field": "origin", "message": "is not this server"}]},
+                                      status_code=403)(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await too_large(scope, receive, send)
+
+
+class _TooLarge(HTTPException):
+    # An HTTPException, so that FastAPI's body parsing passes it on as itself (it turns other errors into a 400).
+    def __init__(self):
+        super().__init__(status_code=413, detail="body: too large")
 
 
 def _version() -> str:

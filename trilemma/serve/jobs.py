@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class Job:
     batch_images: int = 0  # images in that forward pass (more than its own when batched with others)
     error: str | None = None
     cancel_requested: bool = False
+    watchers: int = 0  # open event streams: previews are drawn only for a job someone watches
     version: int = 0  # bumped at every change: the event stream sends a job when its version moves
 
     @property
@@ -102,7 +104,7 @@ def _version() -> str:
 def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
     info = PngInfo()
     for key, value in (text or {}).items():
-        info.add_itxt(key, value)  # iTXt: UTF-8, so prompts in any script survive
+        info.add_text(key, value)  # tEXt as A1111 writes it; PIL switches to iTXt (UTF-8) for text beyond Latin-1
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
@@ -122,7 +124,8 @@ class JobManager:
         self.queue: deque[Job] = deque()
         self.running: list[Job] = []
         self.recent_seconds: deque[float] = deque(maxlen=20)  # per batch, for Retry-After
-        self.batches: list[int] = []  # images per forward pass, for the load test's report
+        self.batches: deque[int] = deque(maxlen=1000)  # images per recent forward pass (/api/health reports them)
+        self._hold = 0
         self.condition = threading.Condition()
         self._loaded: dict = {}
         self._stop = False
@@ -168,9 +171,18 @@ class JobManager:
                 job.cancel_requested = True
                 job.version += 1
 
-    def wait(self, job: Job, timeout: float) -> None:
+    @contextmanager
+    def paused(self):
+        """Within the block the worker takes no new batch (the one running finishes): jobs submitted meanwhile wait
+        together, as under load. For maintenance, and for tests that need requests to meet in the queue."""
         with self.condition:
-            self.condition.wait_for(lambda: job.status in FINISHED, timeout=timeout)
+            self._hold += 1
+        try:
+            yield
+        finally:
+            with self.condition:
+                self._hold -= 1
+                self.condition.notify_all()
 
     def close(self) -> None:
         with self.condition:
@@ -193,7 +205,7 @@ class JobManager:
     def _work(self) -> None:
         while True:
             with self.condition:
-                self.condition.wait_for(lambda: self.queue or self._stop)
+                self.condition.wait_for(lambda: (self.queue and not self._hold) or self._stop)
                 if self._stop:
                     return
                 batch = self._take_batch()
@@ -202,6 +214,10 @@ class JobManager:
                 self.running = batch
             try:
                 self._run(batch)
+            except Exception as e:  # never let one batch stop the only worker: its jobs fail, the queue goes on
+                for job in batch:
+                    if job.status not in FINISHED:
+                        self._finish(job, "failed", error=f"internal error: {type(e).__name__}: {str(e)[:200]}")
             finally:
                 with self.condition:
                     self.running = []
@@ -224,6 +240,7 @@ class JobManager:
 
         started = time.perf_counter()
         last_preview = [0.0]
+        rows = [sum(job.num_images for job in batch[:i]) for i in range(len(batch))]  # each job's first image
 
         def on_step(desc, step, total, preview):
             with self.condition:
@@ -235,14 +252,18 @@ class JobManager:
                 for job in batch:
                     job.progress = {"desc": desc, "step": step, "total": total, "stage": stage}
                     job.version += 1
-            if preview is not None and time.perf_counter() - last_preview[0] >= self.preview_interval:
-                last_preview[0] = time.perf_counter()
-                images = preview()
-                offset = 0
-                for job in batch:
-                    job.preview = png_bytes(images[offset])
-                    offset += job.num_images
-                    job.version += 1
+                watched = any(job.watchers for job in batch)
+            if preview is None or not watched or time.perf_counter() - last_preview[0] < self.preview_interval:
+                return
+            last_preview[0] = time.perf_counter()
+            try:
+                images = preview(rows)  # one image per job, decoded: not the whole batch
+            except Exception:  # a preview is a courtesy: it never fails the job
+                return
+            pngs = [png_bytes(image) for image in images]
+            with self.condition:
+                for job, data in zip(batch, pngs):
+                    job.preview, job.version = data, job.version + 1
 
         try:
             model = self.load(batch[0].model)
@@ -253,9 +274,13 @@ class JobManager:
                 self._finish(job, "cancelled")
             return
         except Exception as e:  # bad input is refused before it is queued: what is left is the model's fault
+            if len(batch) > 1:  # run each alone, so that one job's fault fails that job only
+                for job in batch:
+                    job.progress = {}
+                    self._run([job])
+                return
             message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            for job in batch:
-                self._finish(job, "failed", error=message)
+            self._finish(batch[0], "failed", error=message)
             return
         seconds = time.perf_counter() - started
         total = sum(len(r) for r in results)
@@ -265,15 +290,18 @@ class JobManager:
             if job.cancel_requested:
                 self._finish(job, "cancelled")
                 continue
+            names = []
             for k, image in enumerate(images):
                 name = f"{job.id}-{k}.png"
                 (self.outdir / name).write_bytes(png_bytes(image, {
                     "parameters": parameters_text(job, k, image.size),
                     "trilemma": json.dumps({"model": job.model, "kind": job.kind, **job.params, "seed": job.params["seed"] + k})}))
-                job.images.append(name)
-            job.seconds, job.batch_images = round(seconds, 4), total
+                names.append(name)
+            with self.condition:
+                job.images = names
+                job.seconds, job.batch_images = round(seconds, 4), total
             self._finish(job, "done")
-        self._append_log(batch)
+        self._append_log([job for job in batch if job.status == "done"])
 
     def _generate(self, model, batch: list[Job]) -> list[list[Image.Image]]:
         """Each job's images: one forward pass for the whole batch of text-to-image jobs; an edit alone."""
@@ -299,8 +327,7 @@ class JobManager:
 
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
         with self.condition:
-            job.status, job.error, job.inputs = status, error, {}
-            job.preview = None if status != "done" else job.preview
+            job.status, job.error, job.inputs, job.preview = status, error, {}, None
             job.version += 1
             self.condition.notify_all()
 

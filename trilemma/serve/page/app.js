@@ -39,7 +39,15 @@ function watch(job, onUpdate, onPreview) {
       if (["done", "failed", "cancelled"].includes(j.status)) { source.close(); resolve(j); }
     });
     source.addEventListener("preview", (event) => onPreview && onPreview(JSON.parse(event.data).png));
-    source.onerror = () => { source.close(); api(`/api/jobs/${job.id}?wait=60`).then(resolve, () => resolve(job)); };
+    // The stream broke (a proxy, a restart): follow the job by long polls until it has finished.
+    source.onerror = async () => {
+      source.close();
+      let j = job;
+      try {
+        do { j = await api(`/api/jobs/${job.id}?wait=30`); onUpdate(j); } while (!["done", "failed", "cancelled"].includes(j.status));
+      } catch (e) { showError(e); }
+      resolve(j);
+    };
   });
 }
 
@@ -148,7 +156,7 @@ function reuse(job) {
   $("prompt").value = job.params.prompt || "";
   $("negative-prompt").value = job.params.negative_prompt || "";
   if (state.byName[job.model]) $("model").value = job.model;
-  $("seed").value = job.params.seed; $("random-seed").checked = false;
+  $("seed").value = job.params.seed; $("random-seed").checked = false; $("seed").disabled = false;
   $("num-images").value = job.params.num_images || 1;
   const ids = { steps: "steps", guidance_scale: "guidance-scale", sampler: "sampler", temperature: "temperature",
                 top_k: "top-k", top_p: "top-p", truncation: "truncation" };
@@ -181,6 +189,7 @@ async function loadEditImage(blob) {
 
 async function editImage(url) {
   const response = await fetch(withKey(url));
+  $("edit-image").value = "";  // the image now comes from here, not from a file chosen before
   await loadEditImage(await response.blob());
   switchTab("edit");
 }
@@ -218,8 +227,6 @@ function maskBlob() {
 async function submitEdit(event) {
   event.preventDefault();
   showError(null);
-  const file = $("edit-image").files[0];
-  if (file) await loadEditImage(file);
   if (!state.editSource) { showError("choose an image to edit"); return; }
   const mode = editMode(), form = new FormData();
   form.append("image", state.editSource.blob, "image.png");
@@ -259,8 +266,16 @@ async function compare(event) {
       const m = state.byName[job.model];
       const card = document.createElement("figure");
       card.className = "compare-card"; card.dataset.model = job.model;
-      card.innerHTML = `<div class="family ${m.family}">${m.family}</div><strong>${job.model}</strong>` +
-        `<div class="slot"></div><figcaption class="status">queued</figcaption>`;
+      // Built node by node, never from markup: names come from model folders the server was given.
+      const family = document.createElement("div");
+      family.className = "family " + m.family; family.textContent = m.family;
+      const name = document.createElement("strong");
+      name.textContent = job.model;
+      const slot = document.createElement("div");
+      slot.className = "slot";
+      const status = document.createElement("figcaption");
+      status.className = "status"; status.textContent = "queued";
+      card.append(family, name, slot, status);
       grid.appendChild(card);
       cards[job.id] = card;
     }
@@ -332,10 +347,11 @@ function switchTab(name) {
   if (name === "gallery") refreshGallery();
 }
 
-async function start() {
+// Wiring, once.
+function setUp() {
   document.querySelectorAll("#tabs button").forEach((b) => (b.onclick = () => switchTab(b.dataset.tab)));
   $("api-key").value = state.key;
-  $("api-key").onchange = () => { state.key = $("api-key").value; localStorage.setItem("trilemma-key", state.key); start(); };
+  $("api-key").onchange = () => { state.key = $("api-key").value; localStorage.setItem("trilemma-key", state.key); load(); };
   $("generate-form").onsubmit = generate;
   $("cancel").onclick = cancel;
   $("model").onchange = showModelOptions;
@@ -347,6 +363,11 @@ async function start() {
   $("clear-mask").onclick = clearMask;
   $("compare-form").onsubmit = compare;
   setUpMaskDrawing();
+}
+
+// What the server offers; again when the key changes.
+async function load() {
+  showError(null);
   try {
     const health = await fetch("/api/health").then((r) => r.json());
     if (health.auth) $("key-box").hidden = false;
@@ -363,4 +384,5 @@ async function start() {
   } catch (e) { showError(e); }
 }
 
-start();
+setUp();
+load();
