@@ -505,6 +505,12 @@ def test_an_empty_key_is_no_key(tmp_path):
 
 def test_only_models_given_at_start_are_served(tmp_path):
     assert list(resolve_models(["shapes-dfgan"])) == ["shapes-dfgan"]
+    from trilemma.registry import shipped_models
+
+    mine = tmp_path / "mine"
+    trilemma.load("shapes-dfgan").save_pretrained(mine)
+    both = resolve_models(["all", str(mine)])
+    assert list(both) == list(shipped_models()) + ["mine"] and both["mine"] == mine
     with pytest.raises(ValueError, match="neither a shipped model"):
         resolve_models([str(tmp_path / "missing")])
     with pytest.raises(ValueError, match="does not draw images from text"):

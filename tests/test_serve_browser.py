@@ -96,6 +96,24 @@ def test_generate_then_gallery_then_reuse(page, tmp_path):
     expect(page.locator("#steps")).to_have_value("20")
 
 
+def test_live_progress_preview_and_cancel(page):
+    page.click("#tabs button[data-tab=generate]")
+    page.select_option("#model", "shapes-ldm-f8")
+    page.fill("#prompt", "three purple circles")
+    page.fill("#num-images", "8")
+    page.fill("#steps", "200")
+    page.select_option("#sampler", "ddim")
+    page.click("#generate")
+    expect(page.locator("#progress-text")).to_contain_text("denoising", timeout=30_000)
+    expect(page.locator("#preview")).to_be_visible(timeout=30_000)  # the current sample, decoded, while it runs
+    assert page.locator("#preview").evaluate("img => img.naturalWidth") == 64
+    page.click("#cancel")
+    expect(page.locator("#progress-text")).to_contain_text("cancelled", timeout=30_000)
+    expect(page.locator("#results img")).to_have_count(0)
+    page.fill("#steps", "")
+    page.select_option("#sampler", "")
+
+
 def test_options_follow_the_model(page):
     page.click("#tabs button[data-tab=generate]")
     page.select_option("#model", "shapes-dfgan")

@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("serve", help="a web page and an HTTP API: generate, edit, compare models side by side")
     se.add_argument("--models", nargs="+", metavar="NAME_OR_DIR",
-                    help="shipped model names or model folders (default: every shipped model); requests can use these only")
+                    help="shipped model names or model folders (default: every shipped model; 'all' stands for them, so "
+                         "'--models all runs/mine' serves yours beside them); requests can use these only")
     se.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     se.add_argument("--port", type=_positive(int, 65535), default=7860)
     se.add_argument("--api-key", default=os.environ.get("TRILEMMA_API_KEY"),

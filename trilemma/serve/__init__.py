@@ -1,6 +1,7 @@
 """`trilemma serve`: a web page and an HTTP API over the models (`api.py`), with a batching job queue (`jobs.py`).
 
     trilemma serve                                  # every shipped model, http://127.0.0.1:7860
+    trilemma serve --models all runs/emoji          # the shipped models and yours
     trilemma serve --models shapes-ldm-f8 runs/emoji --api-key KEY --host 0.0.0.0
 """
 
@@ -15,15 +16,18 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def resolve_models(names: list[str] | None) -> dict[str, Path]:
     """The models a server may load: shipped names and folders given at start-up, and nothing else (requests name
-    one of these; no path ever comes from a request). Default: every shipped text-to-image model."""
+    one of these; no path ever comes from a request). Default: every shipped text-to-image model; "all" among the
+    names stands for them, so that `all runs/mine` serves yours beside them."""
     from trilemma.model import TextToImageModel
     from trilemma.registry import model_class, shipped_models
 
     shipped = shipped_models()
     if not names:
         return dict(shipped)
-    models = {}
+    models = dict(shipped) if "all" in names else {}  # "all": every shipped model, beside the folders named
     for name in names:
+        if name == "all":
+            continue
         path = shipped.get(name) or Path(name)
         if not (path / "config.json").is_file():
             raise ValueError(f"--models {name}: neither a shipped model ({', '.join(shipped)}) nor a model folder "

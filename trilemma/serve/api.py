@@ -28,11 +28,11 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from trilemma.diffusion.sampling import SAMPLERS
 from trilemma.model import GENERATE_OPTIONS
 from trilemma.serve.jobs import FINISHED, Job, JobManager, QueueFull
 
 PAGE = Path(__file__).parent / "page"
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")  # trilemma.diffusion.sampling.SAMPLERS (no family is imported here)
 UPLOAD_FORMATS = ("PNG", "JPEG", "MPO", "WEBP")  # MPO: what many cameras' JPEGs open as
 
 
@@ -69,7 +69,7 @@ class Options(BaseModel):
     num_images: int = Field(1, ge=1, description="images to draw (the server caps it; /api/health says the caps)")
     steps: int | None = Field(None, **_bound("steps"), description="sampling steps (diffusion)")
     guidance_scale: float | None = Field(None, **_bound("guidance_scale"), description="classifier-free guidance scale")
-    sampler: Literal["ddpm", "ddim", "dpmsolver++"] | None = Field(None, description="diffusion sampler")
+    sampler: Literal[SAMPLERS] | None = Field(None, description="diffusion sampler")
     eta: float | None = Field(None, **_bound("eta"), description="DDIM's noise level")
     temperature: float | None = Field(None, **_bound("temperature"), description="autoregressive: sampling temperature")
     top_k: int | None = Field(None, **_bound("top_k"), description="autoregressive: keep the k likeliest tokens")
@@ -101,7 +101,7 @@ class EditForm(BaseModel):
     num_images: int = Field(1, ge=1)
     steps: int | None = Field(None, **_bound("steps"))
     guidance_scale: float | None = Field(None, **_bound("guidance_scale"))
-    sampler: Literal["ddpm", "ddim", "dpmsolver++"] | None = None
+    sampler: Literal[SAMPLERS] | None = None
     strength: float | None = Field(None, **_bound("strength"), description="img2img: how far into the noise the image goes")
     box: str | None = Field(None, description="inpaint without a mask file: 'x0,y0,x1,y1' in pixels of the image")
 
