@@ -250,6 +250,12 @@ def test_compare_draws_one_prompt_and_seed_on_every_model(client):
     assert [j["model"] for j in group["jobs"]] == MODELS
     done = [finished(client, j) for j in group["jobs"]]
     assert all(j["status"] == "done" and j["params"]["seed"] == 5 and j["seconds_per_image"] > 0 for j in done)
+    # each model ran with its own defaults, and the job and its PNG say which
+    defaults = {m["name"]: m["defaults"] for m in client.get("/api/models").json()}
+    ldm = next(j for j in done if j["model"] == "shapes-ldm-f8")
+    assert ldm["params"]["steps"] == defaults["shapes-ldm-f8"]["steps"] and ldm["params"]["sampler"] == defaults["shapes-ldm-f8"]["sampler"]
+    text = Image.open(io.BytesIO(client.get(ldm["images"][0]).content)).text["parameters"]
+    assert f"Steps: {defaults['shapes-ldm-f8']['steps']}, Sampler: {defaults['shapes-ldm-f8']['sampler']}" in text
     listed = client.get("/api/jobs", params={"group": group["group"]}).json()
     assert {j["id"] for j in listed} == {j["id"] for j in done}
 

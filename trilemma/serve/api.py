@@ -170,6 +170,12 @@ def check_common(params: dict, info: dict, limits: Limits, errors: list, prompt_
                           f"{', '.join(o for o in info['options'] if o not in ('seed', 'num_images')) or 'no options'}"))
 
 
+def with_defaults(params: dict, info: dict) -> dict:
+    """The request's options with the model's defaults filled in where it left them out: the job, its gallery entry
+    and its PNG's parameters then say what was used (Steps, Sampler, CFG scale), as A1111's do."""
+    return {**{k: v for k, v in info["defaults"].items() if k in info["options"]}, **params}
+
+
 class Server:
     """The app's state: the jobs, the models, the caps and the key."""
 
@@ -407,6 +413,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
         if errors:
             raise BadInput(errors)
         params = {k: v for k, v in params.items() if k in info["options"] or k == "prompt"}  # drops unset ones only
+        params = with_defaults(params, info)
         params["seed"] = _fix_seed(params.get("seed"))
         return accepted(queue([Job("generate", info["name"], params)]))
 
@@ -435,6 +442,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
             one = {**params, "seed": seed}
             if "negative_prompt" not in server.models[name]["options"]:
                 one.pop("negative_prompt")
+            one = with_defaults(one, server.models[name])
             jobs.append(Job("generate", name, one, group=group))
         return accepted(queue(jobs))
 
@@ -469,6 +477,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
         if errors:
             raise BadInput(errors)
         params = {k: v for k, v in params.items() if k in info["options"] or k in ("prompt", "strength")}
+        params = with_defaults(params, info)
         params["seed"] = _fix_seed(params.get("seed"))
         return accepted(queue([Job(kind, info["name"], params, inputs=inputs)]))
 
