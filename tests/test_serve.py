@@ -529,3 +529,36 @@ def test_cli_refuses_bad_models_with_one_line(tmp_path, capsys):
     assert main(["serve", "--models", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "neither a shipped model" in err
+
+
+def test_the_command_starts_a_server_on_loopback(tmp_path):
+    """`trilemma serve` as the README runs it: it answers on 127.0.0.1, and only to loopback host names there."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "trilemma", "serve", "--models", "shapes-dfgan", "--port", str(port),
+                               "--outdir", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                health = httpx.get(base + "/api/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not start")
+        assert health.json()["status"] == "ok"
+        job = httpx.post(base + "/api/generate", json={"prompt": "a red circle", "seed": 3}).json()
+        done = httpx.get(f"{base}/api/jobs/{job['id']}", params={"wait": 30}, timeout=40).json()
+        assert done["status"] == "done" and (tmp_path / "out" / f"{job['id']}-0.png").is_file()
+        assert httpx.get(base + "/api/health", headers={"host": "evil.example"}).status_code == 400  # no DNS rebinding
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
