@@ -267,6 +267,7 @@ class JobManager:
 
         try:
             model = self.load(batch[0].model)
+            started = time.perf_counter()  # after loading: seconds per image is the model's, first use or not
             with listen(on_step):
                 results = self._generate(model, batch)
         except Cancelled:
