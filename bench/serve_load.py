@@ -181,7 +181,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = [f"# `trilemma serve` under load\n", f"`python bench/serve_load.py --clients {args.clients} --seconds "
+    lines = ["# `trilemma serve` under load\n", f"`python bench/serve_load.py --clients {args.clients} --seconds "
              f"{args.seconds:g} --models {' '.join(args.models)}`: {args.clients} concurrent clients for {args.seconds:g} s "
              f"per row, loopback, queue of {args.queue_size}, one image per request, on this machine's CPU "
              "(2 cores, shared by the server and the clients).\n",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -457,56 +458,55 @@ def test_bad_compare_requests(client, body, fields):
 
 
 # --- limits and safety ---------------------------------------------------------------------------------------------
-def test_a_full_queue_answers_429_with_retry_after(tmp_path):
-    app, manager = build_app(["shapes-ldm-f8"], tmp_path, queue_size=2)
+@contextmanager
+def own_server(tmp_path, models=("shapes-dfgan",), **options):
+    """A server of its own (other caps or a key than the shared one), closed after."""
+    app, manager = build_app(list(models), tmp_path, **options)
     try:
         with TestClient(app) as client:
-            slow = {"prompt": "a red circle", "steps": 200, "sampler": "ddim", "num_images": 8}
-            first = client.post("/api/generate", json=slow).json()
-            for _ in range(100):  # the first one runs: the queue is empty again
-                if client.get(f"/api/jobs/{first['id']}").json()["status"] == "running":
-                    break
-                time.sleep(0.05)
-            codes = [client.post("/api/generate", json={**slow, "steps": 199 - i}).status_code for i in range(3)]
-            assert codes == [202, 202, 429]
-            full = client.post("/api/generate", json=slow)
-            assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
-            assert full.json()["errors"][0]["field"] == "queue"
-            r = client.post("/api/compare", json={"prompt": "a red circle", "models": ["shapes-ldm-f8"] * 3})
-            assert r.status_code == 422 and r.json()["errors"][0]["field"] == "models"  # could never fit: not a 429
-            for job in client.get("/api/jobs").json():
-                client.post(f"/api/jobs/{job['id']}/cancel")
+            yield client
     finally:
         manager.close()
+
+
+def test_a_full_queue_answers_429_with_retry_after(tmp_path):
+    with own_server(tmp_path, ["shapes-ldm-f8"], queue_size=2) as client:
+        slow = {"prompt": "a red circle", "steps": 200, "sampler": "ddim", "num_images": 8}
+        first = client.post("/api/generate", json=slow).json()
+        for _ in range(100):  # the first one runs: the queue is empty again
+            if client.get(f"/api/jobs/{first['id']}").json()["status"] == "running":
+                break
+            time.sleep(0.05)
+        codes = [client.post("/api/generate", json={**slow, "steps": 199 - i}).status_code for i in range(3)]
+        assert codes == [202, 202, 429]
+        full = client.post("/api/generate", json=slow)
+        assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
+        assert full.json()["errors"][0]["field"] == "queue"
+        r = client.post("/api/compare", json={"prompt": "a red circle", "models": ["shapes-ldm-f8"] * 3})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "models"  # could never fit: not a 429
+        for job in client.get("/api/jobs").json():
+            client.post(f"/api/jobs/{job['id']}/cancel")
 
 
 def test_api_key(tmp_path):
-    app, manager = build_app(["shapes-dfgan"], tmp_path, api_key="s3cret")
-    try:
-        with TestClient(app) as client:
-            assert client.get("/api/health").json()["auth"] is True  # the page asks for the key when told
-            assert client.get("/").status_code == 200
-            assert client.get("/api/models").status_code == 401
-            assert client.get("/api/models", headers={"X-API-Key": "wrong"}).status_code == 401
-            r = client.post("/api/generate", json={"prompt": "a red circle"})
-            assert r.status_code == 401 and r.json()["errors"][0]["field"] == "api_key"
-            assert client.get("/api/models", headers={"X-API-Key": "s3cret"}).status_code == 200
-            assert client.get("/api/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-            job = client.post("/api/generate", json={"prompt": "a red circle"}, headers={"X-API-Key": "s3cret"}).json()
-            done = client.get(f"/api/jobs/{job['id']}", params={"wait": 30, "api_key": "s3cret"}).json()
-            assert client.get(done["images"][0]).status_code == 401
-            assert client.get(done["images"][0], params={"api_key": "s3cret"}).status_code == 200  # what <img> tags use
-    finally:
-        manager.close()
+    with own_server(tmp_path, api_key="s3cret") as client:
+        assert client.get("/api/health").json()["auth"] is True  # the page asks for the key when told
+        assert client.get("/").status_code == 200
+        assert client.get("/api/models").status_code == 401
+        assert client.get("/api/models", headers={"X-API-Key": "wrong"}).status_code == 401
+        r = client.post("/api/generate", json={"prompt": "a red circle"})
+        assert r.status_code == 401 and r.json()["errors"][0]["field"] == "api_key"
+        assert client.get("/api/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/api/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        job = client.post("/api/generate", json={"prompt": "a red circle"}, headers={"X-API-Key": "s3cret"}).json()
+        done = client.get(f"/api/jobs/{job['id']}", params={"wait": 30, "api_key": "s3cret"}).json()
+        assert client.get(done["images"][0]).status_code == 401
+        assert client.get(done["images"][0], params={"api_key": "s3cret"}).status_code == 200  # what <img> tags use
 
 
 def test_an_empty_key_is_no_key(tmp_path):
-    app, manager = build_app(["shapes-dfgan"], tmp_path, api_key="")
-    try:
-        with TestClient(app) as client:
-            assert client.get("/api/health").json()["auth"] is False
-    finally:
-        manager.close()
+    with own_server(tmp_path, api_key="") as client:
+        assert client.get("/api/health").json()["auth"] is False
 
 
 def test_only_models_given_at_start_are_served(tmp_path):

@@ -69,16 +69,19 @@ def shots(tmp_path) -> Path:
     return folder
 
 
-def loaded_images(locator) -> int:
-    return locator.evaluate_all("imgs => imgs.filter(i => i.complete && i.naturalWidth === 64).length")
+def generate(page, prompt: str, model: str, n: int, steps: str = "", sampler: str = "") -> None:
+    """Fill the Generate form as a person would, and press Generate."""
+    page.click("#tabs button[data-tab=generate]")
+    page.select_option("#model", model)
+    page.fill("#prompt", prompt)
+    page.fill("#num-images", str(n))
+    page.fill("#steps", steps)
+    page.select_option("#sampler", sampler)
+    page.click("#generate")
 
 
 def test_generate_then_gallery_then_reuse(page, tmp_path):
-    page.fill("#prompt", "a red circle to the left of a blue square")
-    page.select_option("#model", "shapes-ldm-f8")
-    page.fill("#num-images", "4")
-    page.fill("#steps", "20")
-    page.click("#generate")
+    generate(page, "a red circle to the left of a blue square", "shapes-ldm-f8", 4, steps="20")
     expect(page.locator("#progress-text")).to_contain_text("done in", timeout=60_000)
     images = page.locator("#results img")
     expect(images).to_have_count(4)
@@ -97,21 +100,13 @@ def test_generate_then_gallery_then_reuse(page, tmp_path):
 
 
 def test_live_progress_preview_and_cancel(page):
-    page.click("#tabs button[data-tab=generate]")
-    page.select_option("#model", "shapes-ldm-f8")
-    page.fill("#prompt", "three purple circles")
-    page.fill("#num-images", "8")
-    page.fill("#steps", "200")
-    page.select_option("#sampler", "ddim")
-    page.click("#generate")
+    generate(page, "three purple circles", "shapes-ldm-f8", 8, steps="200", sampler="ddim")
     expect(page.locator("#progress-text")).to_contain_text("denoising", timeout=30_000)
     expect(page.locator("#preview")).to_be_visible(timeout=30_000)  # the current sample, decoded, while it runs
     assert page.locator("#preview").evaluate("img => img.naturalWidth") == 64
     page.click("#cancel")
     expect(page.locator("#progress-text")).to_contain_text("cancelled", timeout=30_000)
     expect(page.locator("#results img")).to_have_count(0)
-    page.fill("#steps", "")
-    page.select_option("#sampler", "")
 
 
 def test_options_follow_the_model(page):
@@ -154,11 +149,7 @@ def test_compare_shows_every_family_side_by_side(page, tmp_path):
 
 
 def test_draw_a_mask_and_inpaint(page, tmp_path):
-    page.click("#tabs button[data-tab=generate]")
-    page.select_option("#model", "shapes-ldm-f8")
-    page.fill("#prompt", "a red circle")
-    page.fill("#num-images", "1")
-    page.click("#generate")
+    generate(page, "a red circle", "shapes-ldm-f8", 1)
     expect(page.locator("#progress-text")).to_contain_text("done in", timeout=60_000)
     page.locator("#results figure button", has_text="edit").first.click()
     expect(page.locator("#tab-edit")).to_be_visible()
