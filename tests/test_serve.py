@@ -72,6 +72,7 @@ def scene(size=64) -> Image.Image:
 def test_health_and_models_list_options_edits_and_scores(client):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["auth"] is False and health["limits"]["max_images"] == 8
+    assert health["default_model"] == "shapes-dfgan"  # the library's default (shapes-imagen) is not served: the first
     models = {m["name"]: m for m in client.get("/api/models").json()}
     assert list(models) == MODELS
     assert models["shapes-dfgan"]["family"] == "gan" and "truncation" in models["shapes-dfgan"]["options"]
@@ -502,6 +503,14 @@ def test_api_key(tmp_path):
         done = client.get(f"/api/jobs/{job['id']}", params={"wait": 30, "api_key": "s3cret"}).json()
         assert client.get(done["images"][0]).status_code == 401
         assert client.get(done["images"][0], params={"api_key": "s3cret"}).status_code == 200  # what <img> tags use
+
+
+def test_a_request_without_a_model_uses_the_librarys_default(tmp_path):
+    with own_server(tmp_path, ["shapes-dfgan", "shapes-imagen"]) as client:  # served second, still the default
+        assert client.get("/api/health").json()["default_model"] == "shapes-imagen"
+        job = client.post("/api/generate", json={"prompt": "a red circle", "steps": 4}).json()
+        assert job["model"] == "shapes-imagen"
+        client.post(f"/api/jobs/{job['id']}/cancel")
 
 
 def test_an_empty_key_is_no_key(tmp_path):

@@ -79,7 +79,7 @@ class Options(BaseModel):
 
 class GenerateRequest(Options):
     prompt: str = Field(..., description="what the image shows", examples=["a red circle to the left of a blue square"])
-    model: str | None = Field(None, description="a model of /api/models (default: the server's first)")
+    model: str | None = Field(None, description="a model of /api/models (default: /api/health's default_model)")
 
 
 class CompareRequest(BaseModel):
@@ -180,17 +180,22 @@ class Server:
     """The app's state: the jobs, the models, the caps and the key."""
 
     def __init__(self, manager: JobManager, limits: Limits, api_key: str | None):
+        from trilemma.registry import DEFAULT_MODEL
+
         self.manager, self.limits, self.api_key = manager, limits, api_key
         self.models = describe_models(manager.models)
+        # What a request without a model draws with: the library's default model when served, as the CLI's.
+        self.default_model = DEFAULT_MODEL if DEFAULT_MODEL in self.models else next(iter(self.models))
 
     def model_info(self, name: str | None, errors: list, need: str | None = None) -> dict | None:
         if name is None:
-            if need:
-                for candidate in self._preferred(need):
-                    return self.models[candidate]
+            if not need:
+                return self.models[self.default_model]
+            able = self._preferred(need)
+            if not able:
                 errors.append(("model", f"no model of this server can {need}"))
                 return None
-            return next(iter(self.models.values()))
+            return self.models[able[0]]
         if name not in self.models:
             errors.append(("model", f"unknown model {name!r}; this server has {', '.join(self.models)}"))
             return None
@@ -304,7 +309,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
     async def health():
         m = server.manager
         passes = list(m.batches)
-        return {"status": "ok", "queued": len(m.queue), "running": len(m.running), "queue_size": m.queue_size,
+        return {"status": "ok", "default_model": server.default_model, "queued": len(m.queue), "running": len(m.running), "queue_size": m.queue_size,
                 "max_batch_images": m.max_batch_images, "limits": limits.__dict__, "auth": server.api_key is not None,
                 "recent_passes": len(passes),
                 "images_per_pass": round(sum(passes) / len(passes), 2) if passes else None}

@@ -4,8 +4,8 @@ One worker thread runs every model: on a CPU (or one GPU) two generations at onc
 one at a time keeps memory bounded by one batch. What it gains instead is dynamic batching, as text-generation
 servers do: text-to-image requests for the same model and options that wait together run as one forward pass, each
 image with its own request's seed (`trilemma.model.image_seeds`), so a request draws the same images batched or
-alone. Jobs only ever hold their parameters, their inputs until they run, and their results' file names: the
-images themselves are PNG files in the output folder (`outdir`), as A1111 writes its outputs.
+alone. Jobs only ever hold their parameters, their inputs until they run, a preview while they run, and their
+results' file names: the images themselves are PNG files in the output folder (`outdir`), as A1111 writes them.
 """
 
 from __future__ import annotations
@@ -238,7 +238,6 @@ class JobManager:
     def _run(self, batch: list[Job]) -> None:
         from trilemma.progress import listen
 
-        started = time.perf_counter()
         last_preview = [0.0]
         rows = [sum(job.num_images for job in batch[:i]) for i in range(len(batch))]  # each job's first image
 

@@ -376,6 +376,8 @@ async function load() {
     state.models = await api("/api/models");
     state.byName = Object.fromEntries(state.models.map((m) => [m.name, m]));
     fillModelSelect($("model"), () => true);
+    if (state.byName[health.default_model] && !state.loadedOnce) $("model").value = health.default_model;
+    state.loadedOnce = true;
     showModelOptions();
     showEditMode();
     $("server-status").textContent = `${state.models.length} models · queue ${health.queued}/${health.queue_size}`;
