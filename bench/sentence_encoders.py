@@ -27,7 +27,8 @@ from trilemma.shapes.dataset import ShapesDataset
 from trilemma.model import TrainableModel
 from trilemma.text.encoder import masked_mean
 from trilemma.shapes.negatives import hard_negative
-from trilemma.text.matching import SentenceMatching, hard_negative_accuracy
+from trilemma.eval.hard_negatives import hard_negative_accuracy
+from trilemma.text.matching import SentenceMatching
 
 
 def sentence_function(model):

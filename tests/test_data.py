@@ -14,6 +14,7 @@ from PIL import Image
 
 from trilemma.config import ConfigError
 from trilemma.data.sources import DataConfig, Epochs, ImageFolder, WebDatasetStream, build_dataset, parse_data_config
+from trilemma.data.training import TrainingInputs, build_training_set
 from trilemma.text.tokenizer import UNK_ID, PromptTokenizer, train_caption_tokenizer
 
 COLORS = {"crimson": (200, 20, 40), "teal": (0, 128, 128), "gold": (230, 190, 30), "navy": (20, 30, 110)}
@@ -217,9 +218,14 @@ def test_bad_metadata_values_and_broken_shards_get_one_line(tmp_path):
         parse_data_config({"type": "shapes", "random_flip": True})
 
 
-def test_hard_negatives_need_shapes_scenes(tmp_path):
-    from trilemma.shapes.negatives import with_hard_negatives
-
-    folder = build_dataset(parse_data_config({"type": "imagefolder", "path": str(make_metadata_folder(tmp_path / "f"))}))
-    with pytest.raises(ValueError, match="made from Shapes scenes"):
-        with_hard_negatives(folder)
+def test_hard_negatives_are_asked_of_the_source_and_refused_where_it_makes_none(tmp_path):
+    folder = parse_data_config({"type": "imagefolder", "path": str(make_metadata_folder(tmp_path / "f"))}, resolution=None)
+    with pytest.raises(ValueError, match="makes no hard negative captions"):
+        build_training_set(folder, TrainingInputs(64, hard_negatives=True), 0, tmp_path / "run", "cpu")
+    # None: where the source makes them; a folder makes none, so none are asked for.
+    plain = build_training_set(folder, TrainingInputs(64, hard_negatives=None), 0, tmp_path / "run", "cpu").dataset
+    assert "negative_text" not in plain[0]
+    shapes = build_training_set(parse_data_config({}, resolution=None), TrainingInputs(32, hard_negatives=None), 0,
+                                tmp_path / "run", "cpu").dataset
+    sample = shapes[3]
+    assert sample["negative_text"] != sample["text"] and sample["negative_text"].strip()

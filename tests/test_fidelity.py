@@ -2,6 +2,9 @@
 
 import torch
 
+from trilemma.data.sources import parse_data_config
+from trilemma.data.training import build_training_set
+
 from trilemma.shapes.features import N_TARGETS, ShapesFeatureNet, scene_targets
 from trilemma.shapes.scenes import sample_scene
 from trilemma.eval.fidelity import precision_recall_density_coverage
@@ -35,7 +38,7 @@ def test_feature_network_trains_and_feeds_torchmetrics():
 
     torch.manual_seed(0)
     net = ShapesFeatureNet.from_config({"resolution": 32, "channels": [8, 16], "num_features": 16})
-    data = net.prepare_training(type("C", (), {"data": {}, "seed": 0})(), "cpu")
+    data = build_training_set(parse_data_config({}, resolution=None), net.training_inputs(), 0, "unused", "cpu").dataset
     batch = {k: torch.stack([data[i][k] for i in range(8)]) for k in ("pixel_values", "targets")}
     opt = net.configure_optimizers(3e-3)["model"]
     losses = []

@@ -7,7 +7,8 @@ import torch
 import trilemma
 from trilemma.shapes.scenes import parse_prompt, sample_scene
 from trilemma.shapes.negatives import hard_negative
-from trilemma.text.matching import SentenceMatching, hard_negative_accuracy
+from trilemma.eval.hard_negatives import hard_negative_accuracy
+from trilemma.text.matching import SentenceMatching
 
 TINY_AE = {"resolution": 32, "block_out_channels": [8, 8, 8], "latent_channels": 4, "norm_num_groups": 4}
 TINY = {"resolution": 32, "autoencoder": TINY_AE, "image_channels": 16, "embed_dim": 8,

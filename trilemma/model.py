@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trilemma.data.training import TrainingInputs, TrainingSet
 
 
 class TrainableModel(nn.Module):
@@ -43,12 +44,21 @@ class TrainableModel(nn.Module):
         # The loop calls the (possibly DDP-wrapped) module, so gradients sync across processes.
         return self.training_step(batch, optimizer_name)
 
-    def prepare_training(self, config, device) -> "torch.utils.data.Dataset":
-        """Set up for training (load pretrained parts, cache data); return the dataset (trilemma.data.sources)."""
-        from trilemma.data.sources import build_dataset, parse_data_config
+    # --- what a model trains on: declared here, built once by the trainer (trilemma.data.training) -------
+    def init_training(self, init: dict, device) -> None:
+        """Start from the pretrained parts that the recipe's `init` names (a trained first stage, a model to
+        fine-tune). The default takes none."""
+        if init:
+            raise ValueError(f"init: {type(self).__name__} starts from no pretrained parts; remove {sorted(init)}")
 
+    def training_inputs(self) -> TrainingInputs:
+        """What this model trains on (pixels at its resolution by default; latents or tokens of a frozen first
+        stage, hard negatives, a measured latent scale...)."""
         resolution = getattr(self, "resolution", None) or getattr(getattr(self, "config", None), "resolution", 64)
-        return build_dataset(parse_data_config(config.data, resolution=resolution), config.seed)
+        return TrainingInputs(resolution=resolution)
+
+    def fit_data(self, training: TrainingSet) -> None:
+        """Take what was measured on the training data (a latent scale, captions to fit to) before training."""
 
     def preview(self, prompts: list[str], seed: int = 0) -> tuple[list[Image.Image], list[str]]:
         """Images (and captions) for the loop's sample grid."""

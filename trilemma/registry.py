@@ -6,6 +6,7 @@ The registry points one way: names to "module:Class" strings, imported only when
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 from pathlib import Path
@@ -27,15 +28,33 @@ MODEL_CLASSES = {
 }
 
 
-def model_class(name: str):
-    if name not in MODEL_CLASSES:
-        import difflib
+# Data sources by a recipe's data "type" (trilemma.data.sources.DataSource): a new source is one file plus one
+# line here. The default type, and the source of the default vocabulary, is the Shapes benchmark's.
+DATA_SOURCES = {
+    "shapes": "trilemma.shapes.dataset:ShapesDataset",
+    "imagefolder": "trilemma.data.sources:ImageFolderSource",
+    "webdataset": "trilemma.data.sources:WebDatasetStream",
+    "parquet": "trilemma.data.tables:ParquetSource",
+}
+DEFAULT_DATA_SOURCE = "shapes"
 
-        close = difflib.get_close_matches(name, MODEL_CLASSES, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(MODEL_CLASSES)}"
-        raise KeyError(f"unknown model class {name!r}; {hint}")
-    module, _, attr = MODEL_CLASSES[name].partition(":")
+
+def _lookup(table: dict[str, str], name: str, what: str):
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(table)}"
+        raise KeyError(f"unknown {what} {name!r}; {hint}")
+    module, _, attr = table[name].partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def model_class(name: str):
+    return _lookup(MODEL_CLASSES, name, "model class")
+
+
+def data_source(name: str):
+    """The DataSource class registered for a recipe's data "type"."""
+    return _lookup(DATA_SOURCES, name, "data type")
 
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"

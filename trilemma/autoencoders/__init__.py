@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import torch
 
+from trilemma.data.sources import build_dataset, parse_data_config
+
 
 class ReconstructionPreview:
     """The loop's sample grid for a first stage: training images above their reconstructions. Mixed into
-    both first stages before TrainableModel, whose prepare_training builds the dataset."""
+    both first stages before TrainableModel."""
 
-    def prepare_training(self, config, device):
-        dataset = super().prepare_training(config, device)
-        self._preview = preview_samples(dataset, self.config.resolution)
-        return dataset
+    def fit_data(self, training) -> None:
+        self._preview = preview_samples(training.dataset, self.config.resolution)
 
     def preview(self, prompts: list[str], seed: int = 0):
         from trilemma.model import to_pil
@@ -25,11 +25,9 @@ class ReconstructionPreview:
 
 def preview_samples(dataset, resolution: int, n: int = 8) -> tuple[torch.Tensor, list[str]]:
     """(images, captions) a first stage shows reconstructed in the loop's sample grid: the first n training
-    samples, or (no dataset: a loaded model) Shapes `test` renders."""
+    samples, or (no dataset: a loaded model) the default data source's `test` split (Shapes renders)."""
     if dataset is None:
-        from trilemma.shapes.dataset import ShapesDataset
-
-        dataset = ShapesDataset("test", resolution, 0, paraphrase=False)
+        dataset = build_dataset(parse_data_config({"split": "test"}, resolution=resolution))
     stream = iter(dataset) if isinstance(dataset, torch.utils.data.IterableDataset) else None
     samples = [next(stream) if stream else dataset[i] for i in range(n)]
     return torch.stack([s["pixel_values"] for s in samples]), [s["text"] for s in samples]

@@ -26,6 +26,7 @@ from transformers.generation.logits_process import LogitsProcessorList, TopKLogi
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.vq import VQTokenizer
+from trilemma.data.training import TrainingInputs
 from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.progress import progress as progress_bar
 from trilemma.progress import report_step
@@ -102,12 +103,9 @@ class DalleTransformer(TextToImageModel):
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
         return {"model": torch.optim.AdamW(self.gpt.parameters(), lr=learning_rate, weight_decay=weight_decay, betas=(0.9, 0.96))}
 
-    def prepare_training(self, config, device):
-        """Load the trained VQ tokenizer, tokenize a cache of training scenes once."""
-        from trilemma.data.cache import encoded_training_set
-        from trilemma.data.sources import parse_data_config
-
-        source = config.init.get("vq")
+    def init_training(self, init: dict, device) -> None:
+        """Start from the trained VQ tokenizer (init.vq)."""
+        source = init.get("vq")
         if source:
             vq = VQTokenizer.from_pretrained(source)
             if vq.config.tokens_per_side ** 2 != self.image_length or vq.config.codebook_size != self.vq.config.codebook_size:
@@ -115,9 +113,10 @@ class DalleTransformer(TextToImageModel):
                                  "set the model's 'vq' config to match it")
             self._set_vq(vq)
         self.vq.to(device)
-        n = parse_data_config(config.data).cache_tokens
-        _, dataset = encoded_training_set(self.vq, self.vq.encode, config, self.resolution, device, "tokens", "image_tokens", n)
-        return dataset
+
+    def training_inputs(self) -> TrainingInputs:
+        """The VQ tokenizer's image tokens, encoded once."""
+        return TrainingInputs(self.resolution, "tokens", self.vq)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         tokens = batch["image_tokens"] if "image_tokens" in batch else self.vq.encode(batch["pixel_values"])

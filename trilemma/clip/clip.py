@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from trilemma.clip.contrastive import contrastive_loss
 from trilemma.config import parse_config
 from trilemma.model import TrainableModel
-from trilemma.shapes.negatives import maybe_with_hard_negatives
+from trilemma.data.training import TrainingInputs, TrainingSet
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+TOKENIZER_CAPTIONS = 20000  # captions a CLIP's BPE is learnt from when training starts
 
 
 @dataclass
@@ -162,13 +164,15 @@ class CLIP(TrainableModel):
         self.clip = self._build()
 
     # --- training -----------------------------------------------------------------
-    def prepare_training(self, config, device):
-        from trilemma.data.sources import training_captions
+    def training_inputs(self) -> TrainingInputs:
+        """Pixels; the captions to learn a tokenizer from when it has none yet; hard negatives where the data makes
+        them, unless the config says."""
+        return TrainingInputs(self.resolution, hard_negatives=self.config.hard_negatives,
+                              captions=TOKENIZER_CAPTIONS if self.tokenizer is None else 0)
 
-        dataset = super().prepare_training(config, device)
+    def fit_data(self, training: TrainingSet) -> None:
         if self.tokenizer is None:
-            self.set_tokenizer(learn_tokenizer(training_captions(dataset, 20000), self.config.vocab_size, self.config.max_length))
-        return maybe_with_hard_negatives(dataset, self.config.hard_negatives)
+            self.set_tokenizer(learn_tokenizer(training.captions, self.config.vocab_size, self.config.max_length))
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         images = self.embed_images(batch["pixel_values"])

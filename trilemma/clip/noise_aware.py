@@ -30,7 +30,7 @@ from torch import nn
 from trilemma.clip.contrastive import contrastive_loss
 from trilemma.config import parse_config
 from trilemma.model import TrainableModel
-from trilemma.shapes.negatives import maybe_with_hard_negatives
+from trilemma.data.training import TrainingInputs
 
 
 @dataclass
@@ -117,12 +117,10 @@ class NoiseAwareCLIP(TrainableModel):
         return F.normalize(self.vision.visual_projection(vm.post_layernorm(h[:, 0])), dim=-1)
 
     # --- training -----------------------------------------------------------------
-    def prepare_training(self, config, device):
-        from trilemma.data.sources import build_dataset, parse_data_config
-
-        data = parse_data_config(config.data, resolution=64)
-        dataset = build_dataset(data, config.seed)
-        return maybe_with_hard_negatives(dataset, self.config.hard_negatives)
+    def training_inputs(self) -> TrainingInputs:
+        """64 px images (the tower noises and resizes them to its resolution); hard negatives where the data
+        makes them, unless the config says."""
+        return TrainingInputs(64, hard_negatives=self.config.hard_negatives)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         pixels = batch["pixel_values"]

@@ -5,7 +5,7 @@ autoregressive transformer on VQ tokens. Encoding once takes the frozen encoder 
 resumed run reads the cache back. The cache is keyed by a fingerprint of the data (files, captions,
 transforms) and of the encoder's weights, so a changed folder or a retrained first stage encodes again.
 
-An indexed dataset is cached whole (a folder; the first `n` scenes of endless Shapes); a random flip is
+An indexed dataset is cached whole (a folder; the first `n` samples of an endless source such as Shapes); a random flip is
 kept by caching both orientations, a random crop is not (the cache holds centre crops). A streamed
 dataset (webdataset) is not cached: the model encodes each batch as it comes.
 """
@@ -16,12 +16,13 @@ import hashlib
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trilemma.data.sources import WebDatasetStream, build_dataset, parse_data_config
+from trilemma.data.sources import DataSource, WebDatasetStream
 from trilemma.progress import progress as progress_bar
 
 
@@ -56,19 +57,29 @@ def cached_encodings(encoder: nn.Module, encode: Callable[[torch.Tensor], torch.
     return out
 
 
-class CachedEncodings(Dataset):
-    """Sample i of the dataset, its image replaced by its cached encoding under `key`."""
+class CachedEncodings(DataSource, Dataset):
+    """Sample i of the dataset, its image replaced by its cached encoding under `key`; what the model asks of the
+    data about sample i (its hard negative, its objects' boxes) is asked of the source's sample behind it."""
 
-    def __init__(self, encodings: torch.Tensor, dataset, key: str, flipped: torch.Tensor | None = None):
+    def __init__(self, encodings: torch.Tensor, dataset: DataSource, key: str, flipped: torch.Tensor | None = None):
         self.encodings, self.flipped, self.dataset, self.key = encodings, flipped, dataset, key
         self.seed = dataset.seed
+        self.makes_hard_negatives = dataset.makes_hard_negatives
 
     def __len__(self) -> int:
         return 2**31 - 1
 
-    def scene(self, i: int):
-        """Shapes: the scene behind sample i (hard negatives are made from it)."""
-        return self.dataset.scene(self.dataset.cached_sample(i, len(self.encodings))["index"])
+    def source_index(self, i: int) -> int:
+        return self.dataset.cached_sample(i, len(self.encodings))["index"]
+
+    def hard_negative(self, index: int, rng: np.random.Generator) -> str | None:
+        return self.dataset.hard_negative(self.source_index(index), rng)
+
+    def object_boxes(self, index: int):
+        return self.dataset.object_boxes(self.source_index(index))
+
+    def captions(self, limit: int) -> list[str]:
+        return self.dataset.captions(limit)
 
     def __getitem__(self, i: int) -> dict:
         sample = self.dataset.cached_sample(i, len(self.encodings))
@@ -77,44 +88,28 @@ class CachedEncodings(Dataset):
         return {self.key: source[k], **sample}
 
 
-def encoded_training_set(encoder: nn.Module, encode: Callable, config, resolution: int, device, kind: str, key: str,
-                         shapes_n: int) -> tuple[torch.Tensor | None, Dataset]:
-    """(encodings, dataset) of a recipe's training data: cached encodings of an indexed dataset (the first
-    `shapes_n` scenes of Shapes), or (None, the stream itself) for streamed data."""
-    data = parse_data_config(config.data, resolution=resolution)
-    if data.resolution != resolution:
-        raise ValueError(f"data resolution {data.resolution} differs from the model's {resolution}; "
-                         f"set data.resolution to {resolution} or build the model for {data.resolution}")
-    dataset = build_dataset(data, config.seed)
+def encoded_training_set(encoder: nn.Module, dataset: DataSource, random_flip: bool, limit: int, output_dir: Path,
+                         device, kind: str, key: str) -> tuple[torch.Tensor | None, Dataset]:
+    """(encodings, dataset) of a training source: cached encodings of an indexed source (all of a finite one; the
+    first `limit` samples of an endless one), or (None, the stream itself) for streamed data."""
     if isinstance(dataset, IterableDataset):
         return None, dataset
-    n = shapes_n if data.type == "shapes" else len(dataset.source)
-    folder = Path(config.output_dir) / f"{kind.removesuffix('s')}_cache"  # latent_cache, token_cache
-    encodings = cached_encodings(encoder, encode, dataset.cache_images(n), n, folder, device, kind, dataset.fingerprint())
+    n = dataset.cache_size(limit)
+    folder = output_dir / f"{kind.removesuffix('s')}_cache"  # latent_cache, token_cache
+    encodings = cached_encodings(encoder, encoder.encode, dataset.cache_images(n), n, folder, device, kind,
+                                 dataset.fingerprint())
     flipped = None
-    if data.random_flip:
+    if random_flip:
         mirrored = (x.flip(-1) for x in dataset.cache_images(n))
-        flipped = cached_encodings(encoder, encode, mirrored, n, folder.with_name(f"{kind}_cache_flipped"), device, kind,
-                                   dataset.fingerprint())
+        flipped = cached_encodings(encoder, encoder.encode, mirrored, n, folder.with_name(f"{kind}_cache_flipped"), device,
+                                   kind, dataset.fingerprint())
     return encodings, CachedEncodings(encodings, dataset, key, flipped)
-
-
-def latent_training_set(autoencoder: nn.Module, config, resolution: int, device) -> tuple[float, Dataset]:
-    """(latent scale, dataset): latents of the training data encoded once by a frozen KL autoencoder,
-    what latent diffusion, the latent GAN and the matching encoder train on, and Stable Diffusion's
-    scaling factor, 1 / their standard deviation (for streamed data, of its first 256 samples' latents)."""
-    data = parse_data_config(config.data)
-    latents, dataset = encoded_training_set(autoencoder, autoencoder.encode, config, resolution, device, "latents",
-                                            "latents", data.cache_latents)
-    if latents is None:
-        return latent_scale(autoencoder, dataset, device, 256), dataset
-    return float(1.0 / latents.std()), dataset
 
 
 def latent_scale(autoencoder: nn.Module, dataset, device, n: int = 1024) -> float:
     """1 / the standard deviation of the latents of the dataset's first `n` samples, for a model that reads the
-    pixels and does not cache latents (GALIP). Every process must scale alike: a stream is read from its start,
-    whole, not from this process's shards."""
+    pixels and does not cache latents (GALIP), or for streamed data. Every process must scale alike: a stream is
+    read from its start, whole, not from this process's shards."""
     if isinstance(dataset, IterableDataset):
         stream = WebDatasetStream(dataset.data, dataset.seed, rank=0, world=1).stream()
         pixels = [next(stream)["pixel_values"] for _ in range(n)]
@@ -123,4 +118,3 @@ def latent_scale(autoencoder: nn.Module, dataset, device, n: int = 1024) -> floa
     with torch.no_grad():
         latents = torch.cat([autoencoder.encode(torch.stack(pixels[i:i + 128]).to(device)).cpu() for i in range(0, n, 128)])
     return float(1.0 / latents.std())
-

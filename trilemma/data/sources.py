@@ -3,6 +3,12 @@
     {"type": "shapes", "split": "train", "resolution": 64}
     {"type": "imagefolder", "path": "DIR", "caption_column": "text", "image_column": "file_name"}
     {"type": "webdataset", "urls": "shards/{00000..00099}.tar"}
+    {"type": "parquet", "path": "DIR or FILE.parquet", "image_column": "image", "caption_column": "text"}
+
+Sources are registered by type the way models are (`trilemma.registry.DATA_SOURCES`: a type to a
+"module:Class" string, imported when named), so a new source is one new file plus one line there; this
+module depends on none of them. Every source meets the `DataSource` interface below: what a model may ask of
+its data beyond images and captions (hard negative captions, object boxes, a vocabulary) is asked through it.
 
 The batch contract, what every model's `training_step` reads: each sample is a dict with
 `pixel_values` (3, R, R) floats in [-1, 1] and `text` (its caption); a Shapes sample adds `prompt` (the
@@ -35,23 +41,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, IterableDataset
 
 from trilemma.config import ConfigError, parse_config
+from trilemma.registry import DATA_SOURCES, data_source
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-TYPES = ("shapes", "imagefolder", "webdataset")
 
 
 @dataclass
 class DataConfig:
-    type: str = "shapes"
+    type: str = "shapes"  # a key of trilemma.registry.DATA_SOURCES
     resolution: int | None = None  # None: the model's own resolution
     center_crop: bool = True  # else a random crop of the resized image
     random_flip: bool = False  # a horizontal mirror, half the time (not for Shapes: "left of" would lie)
-    # shapes
-    split: str = "train"
-    cache_latents: int = 20000  # how many scenes a latent model encodes once (Shapes is endless)
-    cache_tokens: int = 20000  # the same for the autoregressive model's VQ tokens
-    # imagefolder: HF datasets' layout (metadata.jsonl beside the images), or x.png beside x.txt
+    split: str = "train"  # Shapes' split; a Hugging Face dataset's split
+    # An endless source (Shapes) is encoded once up to these many samples for a latent or token model.
+    cache_latents: int = 20000
+    cache_tokens: int = 20000
+    # imagefolder: HF datasets' layout (metadata.jsonl beside the images), or x.png beside x.txt;
+    # parquet: a Parquet file or folder of them, or a folder written by datasets' save_to_disk
     path: str | None = None
     caption_column: str = "text"
     image_column: str = "file_name"
@@ -60,49 +67,75 @@ class DataConfig:
     shuffle_buffer: int = 1000  # samples shuffled in memory as they stream past
 
 
-def parse_data_config(raw: dict | None, where: str = "data", resolution: int = 64) -> DataConfig:
+def parse_data_config(raw: dict | None, where: str = "data", resolution: int | None = 64) -> DataConfig:
     """A recipe's `data` object, checked: one line naming the fix for a bad key, type or value. A data
-    object that names no resolution takes the model's (`resolution`)."""
+    object that names no resolution takes `resolution` (None: the model's, filled in when it is known)."""
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a JSON object, got {type(raw).__name__}")
     config = parse_config(DataConfig, dict(raw or {}), where)
     if config.resolution is None:
         config.resolution = resolution
-    if config.type not in TYPES:
-        raise ConfigError(f"{where}: 'type' must be one of {', '.join(TYPES)}, got {config.type!r}")
-    if config.type == "imagefolder" and not config.path:
-        raise ConfigError(f"{where}: an imagefolder needs 'path', the folder of images")
-    if config.type == "webdataset" and not config.urls:
-        raise ConfigError(f"{where}: a webdataset needs 'urls', for example \"shards/{{00000..00009}}.tar\"")
-    if config.type == "shapes" and (config.random_flip or not config.center_crop):
-        raise ConfigError(f"{where}: Shapes scenes are drawn at the resolution, never cropped or flipped (a flip would "
-                          "turn 'left of' into a lie); remove random_flip and center_crop")
-    if config.resolution < 8:
+    if config.type not in DATA_SOURCES:
+        raise ConfigError(f"{where}: 'type' must be one of {', '.join(DATA_SOURCES)}, got {config.type!r}")
+    data_source(config.type).check_config(config, where)
+    if config.resolution is not None and config.resolution < 8:
         raise ConfigError(f"{where}: 'resolution' must be at least 8, got {config.resolution}")
     return config
 
 
-def build_dataset(data: DataConfig, seed: int = 0, rank: int | None = None, world: int | None = None):
-    """The dataset a recipe names: indexed and endless (Shapes, folders) or streamed (webdataset)."""
-    if data.type == "shapes":
-        from trilemma.shapes.dataset import ShapesDataset
-
-        return ShapesDataset(data.split, data.resolution, seed)
-    if data.type == "imagefolder":
-        return Epochs(ImageFolder(data), seed)
-    return WebDatasetStream(data, seed, rank, world)
+def build_dataset(data: DataConfig, seed: int = 0, rank: int | None = None, world: int | None = None) -> "DataSource":
+    """The dataset a recipe names, built by its registered source: indexed and endless (Shapes, folders, tables)
+    or streamed (webdataset)."""
+    return data_source(data.type).build(data, seed, rank, world)
 
 
-def training_captions(dataset, limit: int) -> list[str]:
-    """Up to `limit` captions of a dataset, read without decoding images where the source allows it (to learn a
-    tokenizer, or fit statistics of the text)."""
-    if isinstance(dataset, WebDatasetStream):
-        return dataset.captions(limit)
-    if isinstance(dataset, Epochs):
-        return dataset.source.all_captions()[:limit]
-    if hasattr(dataset, "caption"):  # Shapes: endless; a caption needs no render
-        return [dataset.caption(i, i) for i in range(limit)]
-    return [dataset[i]["text"] for i in range(limit)]
+class DataSource:
+    """What every source supplies, and what a model may ask of it (a documented interface, not `hasattr`).
+
+    Samples: `dataset[i]` (indexed, endless: the loop asks for sample i) or `stream(skip)` (streamed), each a
+    dict of `pixel_values` (3, R, R) in [-1, 1] and `text`. Beyond samples, a source answers:
+    - `captions(limit)`: captions read without decoding images (to learn a tokenizer, fit text statistics);
+    - `validation_prompts()`: a few prompts for the loop's sample grids (None: the recipe's own);
+    - `vocabulary()`: a word list that covers every caption, or None (a byte-level BPE is then learnt
+      from the captions);
+    - `hard_negative(i, rng)`: a caption that contradicts sample i's image (NegCLIP's hard negatives), or
+      None when the source cannot make one (`makes_hard_negatives` says which);
+    - `object_boxes(i)`: the (x, y, size) boxes of sample i's objects, fractions of the side, or None;
+    - for an encode-once cache (`trilemma.data.cache`), indexed sources: `cache_size()`, `cache_images(n)`,
+      `cached_sample(i, n)` and `fingerprint()`.
+    """
+
+    makes_hard_negatives = False
+    seed = 0
+
+    @classmethod
+    def check_config(cls, data: DataConfig, where: str) -> None:
+        """Refuse, in one line naming the fix, a data object this source cannot read."""
+
+    @classmethod
+    def build(cls, data: DataConfig, seed: int, rank: int | None, world: int | None) -> "DataSource":
+        raise NotImplementedError
+
+    def captions(self, limit: int) -> list[str]:
+        return [self[i]["text"] for i in range(limit)]
+
+    def validation_prompts(self) -> list[str] | None:
+        return None
+
+    @classmethod
+    def vocabulary(cls) -> list[str] | None:
+        return None
+
+    def hard_negative(self, index: int, rng: np.random.Generator) -> str | None:
+        return None
+
+    def object_boxes(self, index: int) -> list[tuple[float, float, float]] | None:
+        return None
+
+
+def training_captions(dataset: DataSource, limit: int) -> list[str]:
+    """Up to `limit` captions of a dataset, read without decoding images where the source allows it."""
+    return dataset.captions(limit)
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -155,6 +188,19 @@ def open_image(source, name: str) -> Image.Image:
         return ImageOps.exif_transpose(image)  # photos stand the way the camera held them
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{name} is not a readable image ({e}); remove it or replace it") from None
+
+
+class ImageFolderSource(DataSource):
+    """The registered `imagefolder` source: an `ImageFolder` read epoch by epoch."""
+
+    @classmethod
+    def check_config(cls, data: DataConfig, where: str) -> None:
+        if not data.path:
+            raise ConfigError(f"{where}: an imagefolder needs 'path', the folder of images")
+
+    @classmethod
+    def build(cls, data: DataConfig, seed: int, rank: int | None, world: int | None) -> Epochs:
+        return Epochs(ImageFolder(data), seed)
 
 
 class ImageFolder(Dataset):
@@ -245,16 +291,29 @@ class ImageFolder(Dataset):
         return h.hexdigest()[:16]
 
 
-class Epochs(Dataset):
+class Epochs(DataSource, Dataset):
     """A finite dataset read endlessly: sample i is item perm_e[i mod N] of epoch e = i // N.
 
     The permutation is drawn from (seed, e), crops and flips from (seed, i): a pure function of i, as the
-    loop needs for exact resumption.
+    loop needs for exact resumption. `source` is any finite table of captioned images: it answers `len`,
+    `image(k, rng)`, `caption(k, draw)`, `all_captions()`, `fingerprint()` and has `data` (an image folder,
+    a Parquet table).
     """
 
-    def __init__(self, source: ImageFolder, seed: int = 0):
+    def __init__(self, source, seed: int = 0):
         self.source, self.seed = source, seed
         self._perm: tuple[int, np.ndarray] | None = None
+
+    def captions(self, limit: int) -> list[str]:
+        return self.source.all_captions()[:limit]
+
+    def validation_prompts(self) -> list[str]:
+        """Eight captions spread over the data."""
+        n = len(self.source)
+        return [self.source.caption(k * n // 8) for k in range(min(8, n))]
+
+    def cache_size(self, limit: int) -> int:
+        return len(self.source)  # finite: every image
 
     def __len__(self) -> int:
         return 2**31 - 1
@@ -301,7 +360,7 @@ def _process() -> tuple[int, int]:
     return 0, 1
 
 
-class WebDatasetStream(IterableDataset):
+class WebDatasetStream(DataSource, IterableDataset):
     """Webdataset shards (img2dataset's and open_clip's layout), streamed with the `webdataset` package.
 
     Shards are split by process, then by data-loader worker, before any is opened, so each sample is read
@@ -320,6 +379,18 @@ class WebDatasetStream(IterableDataset):
         self.rank, self.world = rank, world
         if len(self.shards) < world:
             raise ValueError(f"{len(self.shards)} shards cannot feed {world} processes; write at least one shard each")
+
+    @classmethod
+    def check_config(cls, data: DataConfig, where: str) -> None:
+        if not data.urls:
+            raise ConfigError(f"{where}: a webdataset needs 'urls', for example \"shards/{{00000..00009}}.tar\"")
+
+    @classmethod
+    def build(cls, data: DataConfig, seed: int, rank: int | None, world: int | None) -> "WebDatasetStream":
+        return cls(data, seed, rank, world)
+
+    def validation_prompts(self) -> list[str]:
+        return self.captions(8)
 
     def my_shards(self, epoch: int) -> list[str]:
         order = np.random.default_rng([self.seed, epoch, 9]).permutation(len(self.shards))

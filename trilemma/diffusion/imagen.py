@@ -227,21 +227,18 @@ class ImagenCascade(TextToImageModel):
             optimizers[f"stage{s}"] = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
         return optimizers
 
-    def prepare_training(self, config, device):
-        from trilemma.data.sources import build_dataset, parse_data_config
-
-        # init.stages: {stage: folder} starts those stages (U-Net and text encoder) from another cascade's
-        # weights, e.g. to train an SR stage further on top of a finished base.
-        for stage, source in (config.init.get("stages") or {}).items():
+    def init_training(self, init: dict, device) -> None:
+        """init.stages: {stage: folder} starts those stages (U-Net and text encoder) from another cascade's
+        weights, e.g. to train an SR stage further on top of a finished base."""
+        unknown = set(init) - {"stages"}
+        if unknown:
+            raise ValueError(f"init: unknown keys {sorted(unknown)}; a cascade takes init.stages ({{stage: folder}})")
+        for stage, source in (init.get("stages") or {}).items():
             donor = ImagenCascade.from_pretrained(source)
             k = int(stage)
             self.unets[k].load_state_dict(donor.unets[k].state_dict())
             if not isinstance(self.text_encoders[k], PretrainedTextEncoder):
                 self.text_encoders[k].load_state_dict(donor.text_encoders[k].state_dict())
-        data = parse_data_config(config.data, resolution=self.resolution)
-        if data.resolution != self.resolution:
-            raise ValueError(f"data resolution {data.resolution} differs from the cascade's output {self.resolution}")
-        return build_dataset(data, config.seed)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         stage = int(optimizer_name.removeprefix("stage"))

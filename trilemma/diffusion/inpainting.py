@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, IterableDataset
 
+from trilemma.autoencoders.kl import frozen_autoencoder
+from trilemma.data.training import TrainingInputs
 from trilemma.diffusion.editing import training_mask
 from trilemma.diffusion.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 from trilemma.diffusion.objective import denoising_loss
@@ -33,22 +34,6 @@ class LatentInpaintingConfig(LatentDiffusionConfig):
     full_mask_fraction: float = 0.1  # masks covering the whole image: plain text-to-image steps
 
 
-class WithTrainingMasks(Dataset):
-    """Sample i with a random training mask, drawn from (seed, i); Shapes scenes add their objects' boxes."""
-
-    def __init__(self, dataset: Dataset, resolution: int, seed: int, full: float):
-        self.dataset, self.resolution, self.seed, self.full = dataset, resolution, seed, full
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        sample = dict(self.dataset[i])
-        boxes = [(o.x, o.y, o.s) for o in self.dataset.scene(i).objects] if hasattr(self.dataset, "scene") else None
-        sample["mask"] = training_mask(np.random.default_rng([self.seed, i, 11]), self.resolution, boxes, self.full)
-        return sample
-
-
 class LatentInpainting(LatentDiffusion):
     config_class = LatentInpaintingConfig
     inpainting_methods = ("model", "repaint")
@@ -57,24 +42,29 @@ class LatentInpainting(LatentDiffusion):
     def extra_input_channels(self) -> int:
         return self.latent_channels + 1  # the mask and the masked image's latents
 
-    def prepare_training(self, config, device):
+    def init_training(self, init: dict, device) -> None:
         """Start from a trained text-to-image model (`init.model`: its U-Net grows five zero-initialised input
-        channels) or from a trained autoencoder alone; read pixels (the masked image is encoded each step)."""
-        from trilemma.autoencoders.kl import frozen_autoencoder
-        from trilemma.data.cache import latent_scale
-        from trilemma.data.sources import build_dataset, parse_data_config
-
-        if config.init.get("model"):
-            self.init_from(config.init["model"])
+        channels) or from a trained autoencoder alone."""
+        self.fine_tuning = bool(init.get("model"))
+        if self.fine_tuning:
+            self.init_from(init["model"])
         else:
-            self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "U-Net"))
+            self._set_autoencoder(frozen_autoencoder(self.autoencoder, init.get("autoencoder"), "U-Net"))
         self.autoencoder.to(device).eval()
-        dataset = build_dataset(parse_data_config(config.data, resolution=self.resolution), config.seed)
-        if not config.init.get("model"):
-            self.config.latent_scale = latent_scale(self.autoencoder, dataset, device)
-        if isinstance(dataset, IterableDataset):
-            return dataset  # a stream: masks are drawn in the training step, without object boxes
-        return WithTrainingMasks(dataset, self.resolution, config.seed, self.config.full_mask_fraction)
+
+    def training_inputs(self) -> TrainingInputs:
+        """Pixels (the masked image is encoded each step), each with a training mask; the latent scale measured
+        through the autoencoder unless fine-tuning (the donor's stays). A stream gets its masks in the training
+        step, without object boxes."""
+        return TrainingInputs(self.resolution, "pixels", self.autoencoder, latent_scale=not getattr(self, "fine_tuning", False),
+                              per_sample=self.with_training_mask)
+
+    def with_training_mask(self, sample: dict, index: int, data) -> dict:
+        """A random training mask for sample `index`, drawn from (seed, index); where the data knows its objects'
+        boxes (Shapes scenes), some masks cover an object."""
+        rng = np.random.default_rng([data.seed, index, 11])
+        sample["mask"] = training_mask(rng, self.resolution, data.object_boxes(index), self.config.full_mask_fraction)
+        return sample
 
     def conditioning(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """[mask at the latent's side, latents of the masked image]: the extra input channels."""

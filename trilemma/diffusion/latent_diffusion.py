@@ -17,6 +17,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.config import parse_config
+from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit, inpainting_method
 from trilemma.diffusion.guidance import decoded_clip_guide
@@ -115,21 +116,24 @@ class LatentDiffusion(TextToImageModel):
         params = [p for p in list(self.unet.parameters()) + list(self.text_encoder.parameters()) if p.requires_grad]
         return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
 
-    def prepare_training(self, config, device):
-        """Load the trained autoencoder (or a whole trained model to fine-tune, `init.model`), encode a cache of
-        training latents once, set the latent scale."""
-        from trilemma.data.cache import latent_training_set
-
-        if config.init.get("model"):
-            self.init_from(config.init["model"])
-            self.autoencoder.to(device).eval()
-            # The donor's latent scale stays (its U-Net learnt latents at that scale), not this data's.
-            _, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
-            return dataset
-        self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "U-Net"))
+    def init_training(self, init: dict, device) -> None:
+        """Start from the trained autoencoder (init.autoencoder), or from a whole trained model to fine-tune
+        (init.model)."""
+        self.fine_tuning = bool(init.get("model"))
+        if self.fine_tuning:
+            self.init_from(init["model"])
+        else:
+            self._set_autoencoder(frozen_autoencoder(self.autoencoder, init.get("autoencoder"), "U-Net"))
         self.autoencoder.to(device).eval()
-        self.config.latent_scale, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
-        return dataset
+
+    def training_inputs(self) -> TrainingInputs:
+        """The autoencoder's latents, encoded once; their scale measured, unless fine-tuning: the donor's scale
+        stays (its U-Net learnt latents at that scale), not this data's."""
+        return TrainingInputs(self.resolution, "latents", self.autoencoder, latent_scale=not getattr(self, "fine_tuning", False))
+
+    def fit_data(self, training: TrainingSet) -> None:
+        if training.latent_scale is not None:
+            self.config.latent_scale = training.latent_scale
 
     def init_from(self, source: str) -> None:
         """Start from a trained latent diffusion model (fine-tuning): its U-Net, text encoder, tokenizer,

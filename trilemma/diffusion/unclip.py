@@ -180,23 +180,19 @@ class UnCLIP(ImagenCascade):
         return {name: torch.optim.AdamW([p for p in parts[name] if p.requires_grad], lr=learning_rate, weight_decay=weight_decay)
                 for name in self.config.train_parts}
 
-    def prepare_training(self, config, device):
+    def init_training(self, init: dict, device) -> None:
         # init.decoder: a cascade (shipped name or folder) whose base U-Net and text encoder the decoder starts
         # from, as the paper's decoder starts from GLIDE; the embedding's projections start as set in __init__.
-        source = (config.init or {}).get("decoder")
+        unknown = set(init) - {"decoder"}
+        if unknown:
+            raise ValueError(f"init: unknown keys {sorted(unknown)}; unCLIP takes init.decoder (a cascade to start from)")
+        source = init.get("decoder")
         if source:
             donor = ImagenCascade.from_pretrained(_cascade_folder(source, "init.decoder")[0])
             missing, unexpected = self.unets[0].load_state_dict(donor.unets[0].state_dict(), strict=False)
             if unexpected or any(not k.startswith("class_embedding.") for k in missing):
                 raise ValueError(f"init.decoder {source}: its base U-Net does not match this decoder's")
             self.text_encoders[0].load_state_dict(donor.text_encoders[0].state_dict())
-        unknown = set(config.init or {}) - {"decoder"}
-        if unknown:
-            raise ValueError(f"init: unknown keys {sorted(unknown)}; unCLIP takes init.decoder (a cascade to start from)")
-        from trilemma.data.sources import build_dataset, parse_data_config
-
-        data = parse_data_config(config.data, resolution=self.resolution)
-        return build_dataset(data, config.seed)
 
     @torch.no_grad()
     def _clip_features(self, batch: dict) -> dict:

@@ -35,7 +35,8 @@ from torch import nn
 
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
-from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
+from trilemma.data.training import TrainingInputs, TrainingSet
+from trilemma.model import TrainableModel, TextToImageModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -300,15 +301,10 @@ class DFGAN(TextToImageModel):
                                                   betas=(0.0, 0.9)),
                 "generator": torch.optim.Adam(self.generator.parameters(), lr=learning_rate, betas=(0.0, 0.9))}
 
-    def prepare_training(self, config, device):
-        """Take the frozen text encoder from a trained model folder (init.text_encoder), if named; in
-        latent mode take the autoencoder (init.autoencoder: an autoencoder folder, or a latent diffusion
-        model's) and encode the training latents once."""
-        from trilemma.data.cache import latent_training_set
-        from trilemma.data.sources import build_dataset, parse_data_config, training_captions
-        from trilemma.model import TrainableModel
-
-        source = config.init.get("text_encoder")
+    def init_training(self, init: dict, device) -> None:
+        """Take the frozen text encoder from a trained model folder (init.text_encoder), if named; in latent mode
+        take the autoencoder (init.autoencoder: an autoencoder folder, or a latent diffusion model's)."""
+        source = init.get("text_encoder")
         if source and not isinstance(self.text_encoder, PretrainedTextEncoder):
             donor = TrainableModel.from_pretrained(source)
             encoder = donor.text_encoder if hasattr(donor, "text_encoder") else donor.text_encoders[0]
@@ -320,26 +316,27 @@ class DFGAN(TextToImageModel):
             self.config.text_encoder = {k: v for k, v in asdict(encoder.config).items() if k not in ("vocab_size", "max_length")}
             self.text_encoder = encoder.requires_grad_(False).eval()
         if self.autoencoder is not None:
-            self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "GAN"))
+            self._set_autoencoder(frozen_autoencoder(self.autoencoder, init.get("autoencoder"), "GAN"))
             self.autoencoder.to(device)
-            self.config.latent_scale, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
         else:
             # Channels-last convolutions train 1.2x faster on this CPU (oneDNN), measured at 64 px.
             self.generator.to(memory_format=torch.channels_last)
             self.discriminator.to(memory_format=torch.channels_last)
-            data = parse_data_config(config.data, resolution=self.resolution)
-            if data.resolution != self.resolution:
-                raise ValueError(f"data resolution {data.resolution} differs from the GAN's {self.resolution}")
-            dataset = build_dataset(data, config.seed)
-        if self.config.hard_mismatch:
-            from trilemma.shapes.negatives import with_hard_negatives
+        self.to(device)
 
-            dataset = with_hard_negatives(dataset)
+    def training_inputs(self) -> TrainingInputs:
+        """Pixels, or in latent mode the autoencoder's latents encoded once (and their scale); hard negatives for
+        half the mismatched pairs (hard_mismatch); captions to whiten the sentence embedding on (whiten_text)."""
+        latent = self.autoencoder is not None
+        return TrainingInputs(self.resolution, "latents" if latent else "pixels", self.autoencoder, latent_scale=latent,
+                              hard_negatives=self.config.hard_mismatch,
+                              captions=WHITENING_CAPTIONS if self.config.whiten_text else 0)
+
+    def fit_data(self, training: TrainingSet) -> None:
+        if training.latent_scale is not None:
+            self.config.latent_scale = training.latent_scale
         if self.config.whiten_text:
-            self.text_encoder.to(device)
-            self.to(device)
-            self.fit_whitening(training_captions(getattr(dataset, "dataset", dataset), WHITENING_CAPTIONS))
-        return dataset
+            self.fit_whitening(training.captions)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         if self.autoencoder is not None:

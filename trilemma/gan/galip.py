@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
+from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.gan.dfgan import DFGAN, DFBlock, DFGANConfig, _channels, image_decoder
 from trilemma.gan.dfgan import Discriminator as DFGANDiscriminator
 
@@ -267,28 +268,24 @@ class GALIP(DFGAN):
         raise NotImplementedError("GALIP reads CLIP's sentence embedding as it is")
 
     # --- training -----------------------------------------------------------------
-    def prepare_training(self, config, device):
-        """Pixels for CLIP to read (the discriminator sees every image through it); in latent mode, the frozen
-        autoencoder from init.autoencoder and the scale of its latents (from 1,024 training images)."""
-        from trilemma.data.cache import latent_scale
-        from trilemma.data.sources import build_dataset, parse_data_config
-
-        data = parse_data_config(config.data, resolution=self.resolution)
-        if data.resolution != self.resolution:
-            raise ValueError(f"data resolution {data.resolution} differs from GALIP's {self.resolution}")
-        dataset = build_dataset(data, config.seed)
+    def init_training(self, init: dict, device) -> None:
+        """In latent mode, the frozen autoencoder from init.autoencoder."""
         if self.autoencoder is not None:
-            if not config.init.get("autoencoder"):
+            if not init.get("autoencoder"):
                 raise ValueError("GALIP in latent mode draws a trained autoencoder's latents: give its folder as "
                                  "init.autoencoder (trilemma/weights/shapes-ldm-f8), or remove model.autoencoder")
-            self._set_autoencoder(frozen_autoencoder(self.autoencoder, config.init["autoencoder"], "GAN"))
+            self._set_autoencoder(frozen_autoencoder(self.autoencoder, init["autoencoder"], "GAN"))
             self.autoencoder.to(device)
-            self.config.latent_scale = latent_scale(self.autoencoder, dataset, device)
-        if self.config.hard_mismatch:
-            from trilemma.shapes.negatives import with_hard_negatives
 
-            dataset = with_hard_negatives(dataset)
-        return dataset
+    def training_inputs(self) -> TrainingInputs:
+        """Pixels for CLIP to read (the discriminator sees every image through it); in latent mode, the scale of
+        the autoencoder's latents (from 1,024 training images)."""
+        return TrainingInputs(self.resolution, "pixels", self.autoencoder, latent_scale=self.autoencoder is not None,
+                              hard_negatives=self.config.hard_mismatch)
+
+    def fit_data(self, training: TrainingSet) -> None:
+        if training.latent_scale is not None:
+            self.config.latent_scale = training.latent_scale
 
     def _fakes(self, batch: dict) -> dict:
         """The generator's images for this batch and their CLIP features, with their graph: made once in the

@@ -20,6 +20,8 @@ from torch import nn
 
 from trilemma.config import parse_config
 from trilemma.shapes.scenes import COLORS, SHAPES
+from trilemma.data.training import TrainingInputs
+from trilemma.shapes.dataset import ShapesDataset
 from trilemma.model import TrainableModel
 
 GRID = 4
@@ -88,8 +90,9 @@ class ShapesFeatureNet(TrainableModel):
             images = images.float() / 255.0
         return self.features(images * 2 - 1)
 
-    def prepare_training(self, config, device):
-        return SceneTargetDataset(config.data.get("split", "train"), self.config.resolution, config.seed)
+    def training_inputs(self) -> TrainingInputs:
+        """Shapes renders, each with its scene's targets (counts and layout)."""
+        return TrainingInputs(self.config.resolution, per_sample=with_scene_targets)
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         pred = self.head(self.features(batch["pixel_values"]))
@@ -104,17 +107,9 @@ class ShapesFeatureNet(TrainableModel):
         raise NotImplementedError("the feature network draws no images")
 
 
-class SceneTargetDataset(torch.utils.data.Dataset):
-    """Shapes renders with their scene targets (endless, indexed like ShapesDataset)."""
+def with_scene_targets(sample: dict, index: int, data) -> dict:
+    """The scene targets of Shapes sample `index` (the feature network trains on Shapes data only)."""
+    if not isinstance(data, ShapesDataset):
+        raise ValueError("the Shapes feature network learns from Shapes scenes; give it Shapes data ({\"type\": \"shapes\"})")
+    return {"pixel_values": sample["pixel_values"], "targets": scene_targets(data.scene(index))}
 
-    def __init__(self, split: str, resolution: int, seed: int):
-        from trilemma.shapes.dataset import ShapesDataset
-
-        self.data = ShapesDataset(split, resolution, seed, paraphrase=False)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.data[index]
-        return {"pixel_values": item["pixel_values"], "targets": scene_targets(self.data.scene(index))}

@@ -34,7 +34,7 @@ from trilemma.clip.contrastive import contrastive_loss
 from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.model import TrainableModel
-from trilemma.shapes.negatives import hard_negative, with_hard_negatives
+from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -114,39 +114,20 @@ class SentenceMatching(TrainableModel):
         params = [p for p in self.parameters() if p.requires_grad]
         return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
 
-    def prepare_training(self, config, device):
-        from trilemma.data.cache import latent_training_set
-
-        autoencoder = frozen_autoencoder(self.autoencoder, config.init.get("autoencoder"), "matching encoder")
+    def init_training(self, init: dict, device) -> None:
+        autoencoder = frozen_autoencoder(self.autoencoder, init.get("autoencoder"), "matching encoder")
         self.config.autoencoder = autoencoder.to_config()
         self.autoencoder = autoencoder.requires_grad_(False).eval().to(device)
-        self.config.latent_scale, dataset = latent_training_set(self.autoencoder, config, self.resolution, device)
-        return with_hard_negatives(dataset) if self.config.hard_negatives else dataset
+
+    def training_inputs(self) -> TrainingInputs:
+        """The autoencoder's latents, encoded once, and their scale; hard negatives (required when on)."""
+        return TrainingInputs(self.resolution, "latents", self.autoencoder, latent_scale=True,
+                              hard_negatives=self.config.hard_negatives)
+
+    def fit_data(self, training: TrainingSet) -> None:
+        self.config.latent_scale = training.latent_scale
 
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         images = self.embed_latents(batch["latents"])
         texts = self.embed_text(batch["text"] + batch.get("negative_text", []))
         return contrastive_loss(images, texts, self.logit_scale)
-
-
-@torch.no_grad()
-def hard_negative_accuracy(model: SentenceMatching, split: str = "test", n: int = 500, seed: int = 0) -> dict:
-    """Per category, how often an image scores its own prompt above that prompt's hard negative."""
-    from trilemma.shapes.dataset import ShapesDataset
-
-    data = ShapesDataset(split, model.resolution, seed, paraphrase=False)
-    rows = {}
-    for start in range(0, n, 100):
-        idx = list(range(start, min(n, start + 100)))
-        scenes = [data.scene(i) for i in idx]
-        pixels = torch.stack([data[i]["pixel_values"] for i in idx])
-        images = model.embed_images(pixels)
-        rng = np.random.default_rng([seed, start, 3])
-        negatives = [hard_negative(s, rng).prompt for s in scenes]
-        own = (images * model.embed_text([s.prompt for s in scenes])).sum(-1)
-        other = (images * model.embed_text(negatives)).sum(-1)
-        for s, win in zip(scenes, (own > other).tolist()):
-            rows.setdefault(s.category, []).append(win)
-    out = {k: float(np.mean(v)) for k, v in sorted(rows.items())}
-    out["overall"] = float(np.mean([w for v in rows.values() for w in v]))
-    return out

@@ -1,8 +1,8 @@
 """Prompt tokenizers, built with HF `tokenizers`.
 
 Two kinds, one interface:
-- the Shapes vocabulary: a few dozen words, so a word-level model is exact and tiny (unknown words
-  become [UNK]); Shapes recipes and the shipped models use it;
+- a word vocabulary that a data source supplies (Shapes: a few dozen words, so a word-level model is exact
+  and tiny; unknown words become [UNK]); Shapes recipes and the shipped models use it;
 - a byte-level BPE trained on a data set's own captions (`train_caption_tokenizer`), as GPT-2 and CLIP
   tokenize: any text encodes, an unseen word as pieces of the bytes it is made of, never as [UNK].
   The tokenizer's JSON is saved inside the model's config, so a checkpoint rebuilds it.
@@ -18,18 +18,24 @@ from tokenizers.models import BPE, WordLevel
 from tokenizers.trainers import BpeTrainer
 from tokenizers.processors import TemplateProcessing
 
-from trilemma.shapes.scenes import COLORS, COUNT_WORDS, RELATION_WORDS, SHAPES, SIZE_RANGES
+from trilemma.registry import DEFAULT_DATA_SOURCE, data_source
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 
 
-def shapes_vocabulary() -> list[str]:
-    """Every word of the Shapes caption grammar, after the special tokens."""
-    words = ["a", "an", "one", "and", *SIZE_RANGES, *COLORS, *SHAPES, *(s + "s" for s in SHAPES)]
-    words += [*COUNT_WORDS.values(), *map(str, COUNT_WORDS)]
-    words += [w for phrases in RELATION_WORDS.values() for p in phrases for w in p.split()]
-    return list(SPECIAL_TOKENS) + list(dict.fromkeys(words))
+def default_vocabulary() -> list[str]:
+    """The word vocabulary of the default data source (the registry's; Shapes), which a model built without a
+    tokenizer of its own takes. Training fills a model's tokenizer from its recipe's data instead
+    (`tokenizer_for_data`)."""
+    return data_source(DEFAULT_DATA_SOURCE).vocabulary()
+
+
+def tokenizer_for_data(vocabulary: list[str] | None, captions: list[str], vocab_size: int = 2000) -> "PromptTokenizer":
+    """A data source's tokenizer: word-level over its vocabulary when it has one, else a BPE learnt from its captions."""
+    if vocabulary is not None:
+        return PromptTokenizer(vocabulary)
+    return train_caption_tokenizer(captions, vocab_size)
 
 
 def train_caption_tokenizer(captions: list[str], vocab_size: int = 2000, max_length: int = 32) -> "PromptTokenizer":
@@ -58,7 +64,7 @@ class PromptTokenizer:
             vocab_map = tok.get_vocab()
             self.vocab = sorted(vocab_map, key=vocab_map.get)
         else:
-            self.vocab = list(vocab or shapes_vocabulary())
+            self.vocab = list(vocab or default_vocabulary())
             tok = Tokenizer(WordLevel({w: i for i, w in enumerate(self.vocab)}, unk_token="[UNK]"))
             tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
             tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])

@@ -28,6 +28,7 @@ from accelerate.utils import set_seed
 from trilemma.checkpoint import CheckpointError, load_checkpoint, write_json
 from trilemma.config import ConfigError, parse_config
 from trilemma.data.sources import parse_data_config
+from trilemma.data.training import build_training_set
 from trilemma.folders import FolderLock, ensure_writable
 from trilemma.grid import image_grid
 from trilemma.progress import progress as progress_bar
@@ -121,7 +122,7 @@ class TrainConfig:
                 raise ConfigError(f"{where}: '{key}' must be above 0 or null, got {value}")
         if config.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"{where}: 'mixed_precision' must be one of no, fp16, bf16, got {config.mixed_precision!r}")
-        parse_data_config(config.data, f"{where}: data")
+        parse_data_config(config.data, f"{where}: data", resolution=None)  # checked before anything trains
         try:
             klass = model_class(config.model_class)
         except KeyError as e:
@@ -183,7 +184,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> Path:
     # Each process draws its own noise, timesteps and dropout; DDP gives all of them rank 0's initial weights.
     set_seed(config.seed, device_specific=True)
     model = build_model(config)
-    dataset = model.prepare_training(config, accelerator.device)
+    model.init_training(config.init, accelerator.device)
+    # The recipe's data, read once, here, into what the model declared it trains on (trilemma.data.training).
+    data = parse_data_config(config.data, resolution=None)
+    training = build_training_set(data, model.training_inputs(), config.seed, out, accelerator.device)
+    model.fit_data(training)
+    dataset = training.dataset
     model.to(accelerator.device)
     optimizers = model.configure_optimizers(config.learning_rate, config.weight_decay)
     # The recipe's learning rates, which a resumed run keeps even if the checkpoint had others.

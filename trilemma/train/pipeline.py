@@ -10,8 +10,8 @@ generator has learnt its latents, and more minutes go to it alone):
 | autoregressive | VQ tokenizer, 8x down (4x < 64)   | GPT over text and image tokens (DALL-E)   |
 | gan            | KL autoencoder, 8x down (to 8x8)  | DF-GAN on its latents                     |
 
-The prompt tokenizer is a byte-level BPE learnt from the training captions (Shapes data keeps the Shapes
-vocabulary), so any free text encodes. The folder written:
+The prompt tokenizer is a byte-level BPE learnt from the training captions (a source with a word
+vocabulary of its own, Shapes, keeps it), so any free text encodes. The folder written:
 
     OUT/first-stage/   the first stage's run (checkpoints/, final/, samples/, log.jsonl)
     OUT/generator/     the generator's run
@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trilemma.config import ConfigError, parse_config
-from trilemma.data.sources import build_dataset, parse_data_config, training_captions
+from trilemma.data.sources import Epochs, build_dataset, parse_data_config
 from trilemma.folders import FolderLock, ensure_writable
-from trilemma.train.loop import TrainConfig, build_model, train
+from trilemma.text.tokenizer import tokenizer_for_data
+from trilemma.train.loop import TrainConfig, build_model, latest_checkpoint, train
 
 FAMILIES = ("diffusion", "autoregressive", "gan")
 STAGES = {"diffusion": ("KLAutoencoder", "LatentDiffusion"), "autoregressive": ("VQTokenizer", "DalleTransformer"),
@@ -131,27 +132,27 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def caption_tokenizer(recipe: PipelineRecipe, data) -> dict:
-    """The tokenizer config the generator is built with: BPE learnt from the captions, or Shapes' words."""
-    from trilemma.text.tokenizer import PromptTokenizer, train_caption_tokenizer
-
-    if data.type == "shapes":
-        return PromptTokenizer().to_config()
-    # Every caption of a folder; a stream's first 50,000 (read without decoding its images).
-    captions = training_captions(build_dataset(data, recipe.seed, rank=0, world=1), 50_000)
-    return train_caption_tokenizer(captions, recipe.tokenizer_vocab_size).to_config()
+def caption_tokenizer(recipe: PipelineRecipe, source) -> dict:
+    """The tokenizer config the generator is built with: the source's word vocabulary (Shapes), or a BPE learnt
+    from its captions (every caption of a folder; a stream's first 50,000, read without decoding its images)."""
+    vocabulary = source.vocabulary()
+    return tokenizer_for_data(vocabulary, source.captions(50_000) if vocabulary is None else [],
+                              recipe.tokenizer_vocab_size).to_config()
 
 
 def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = True) -> Path:
     """Train both stages; returns the model folder (OUT), which `trilemma.load` / `--model` take."""
     out = Path(recipe.output_dir)
     data = parse_data_config(recipe.data)
+    # Read once here for what sizes the recipe (captions, the number of images, the grids' prompts); each stage's
+    # loop then builds what its model trains on.
+    source = build_dataset(data, recipe.seed, rank=0, world=1)
     state = out / "pipeline.json"
     if resume and state.is_file():
         tokenizer = json.loads(state.read_text())["tokenizer"]  # the generator's checkpoints were built with it
     else:
-        tokenizer = caption_tokenizer(recipe, data)
-    n_images = None if data.type != "imagefolder" else len(build_dataset(data, recipe.seed).source)
+        tokenizer = caption_tokenizer(recipe, source)
+    n_images = len(source.source) if isinstance(source, Epochs) else None  # a finite table of images
     first, gen = default_recipe(recipe.family, data.resolution, n_images, recipe.minutes, tokenizer)
     common = {"data": recipe.data, "seed": recipe.seed}
     first = _merge({**first, **common, "output_dir": str(out / "first-stage")}, recipe.first_stage)
@@ -160,13 +161,12 @@ def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = 
     first_key = "vq" if recipe.family == "autoregressive" else "autoencoder"
     gen["model"].setdefault(first_key, first["model"])
     gen.setdefault("init", {})[first_key] = str(out / "first-stage" / "final")
-    prompts = _validation_prompts(data, recipe.seed)
+    prompts = source.validation_prompts()  # None: the recipe's own (Shapes keeps its fixed list)
     if prompts:
         gen.setdefault("validation_prompts", prompts)
     first_config, gen_config = TrainConfig.from_dict(first, "first stage"), TrainConfig.from_dict(gen, "generator")
     for config in (first_config, gen_config):  # a size that cannot be built fails now, not after the first stage
         build_model(config)
-    from trilemma.train.loop import latest_checkpoint
 
     with FolderLock(ensure_writable(out), "trilemma train --data"):
         state.write_text(json.dumps({"family": recipe.family, "tokenizer": tokenizer, "first_stage": first,
@@ -183,14 +183,3 @@ def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = 
             if path.is_file():
                 shutil.copy2(path, out / path.name)
     return out
-
-
-def _validation_prompts(data, seed: int) -> list[str] | None:
-    """Eight training captions for the sample grids (Shapes keeps its fixed list)."""
-    if data.type == "shapes":
-        return None
-    dataset = build_dataset(data, seed, rank=0, world=1)
-    if hasattr(dataset, "source"):
-        n = len(dataset.source)
-        return [dataset.source.caption(k * n // 8) for k in range(min(8, n))]
-    return dataset.captions(8)
