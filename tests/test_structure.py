@@ -48,3 +48,28 @@ def test_registry_names_every_model_class_by_path():
     for name in MODEL_CLASSES:
         klass = model_class(name)
         assert klass.__name__ == name and klass.config_class is not None
+
+
+# Shapes is a plugin: the benchmark's own package, its evaluation and the CLI's Shapes commands import it; the
+# shared layers reach it only through the registries (a data type, a model class) by name.
+SHAPES_USERS = {"eval/evaluate.py", "eval/folder.py", "eval/fidelity.py", "eval/hard_negatives.py", "cli.py"}
+
+
+def test_only_the_shapes_benchmark_imports_shapes():
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("shapes/") or rel in SHAPES_USERS:
+            continue
+        shapes = {m for m in imported_modules(path) if m == "trilemma.shapes" or m.startswith("trilemma.shapes.")}
+        assert not shapes, f"{rel} imports {sorted(shapes)}; ask the data through trilemma.data.sources.DataSource"
+
+
+def test_cli_imports_shapes_only_in_its_shapes_commands():
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    shapes_commands = {"cmd_data", "cmd_score", "cmd_evaluate", "cmd_compare"}
+    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trilemma.shapes"):
+                assert fn.name in shapes_commands, f"cli.{fn.name} imports {node.module}"
+    top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+    assert not any((m or "").startswith("trilemma.shapes") for m in top)

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="trilemma", description="Text-to-image models, trained, run and compared side by side.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    data = sub.add_parser("data", help="the Shapes data set").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    data = sub.add_parser("data", help="[Shapes benchmark] the Shapes data set: preview, export, prompts").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     prev = data.add_parser("preview", help="write a captioned grid of Shapes scenes")
     prev.add_argument("--split", default="train")
     prev.add_argument("--n", type=_positive(int, 1000), default=24, help="scenes (at most 1000)")
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "[--resolution 64] [--minutes 30] [--out DIR]; or trilemma train RECIPE.json")
     tr.add_argument("config", nargs="?", help="a recipe: one model's (model_class) or a whole family's (family)")
     tr.add_argument("--data", help="a folder of captioned images (metadata.jsonl, or x.txt beside x.png), "
-                                   "webdataset shards (\"shards/{00000..00009}.tar\"), or 'shapes'")
+                                   "webdataset shards (\"shards/{00000..00009}.tar\"), Parquet files or a folder "
+                                   "from datasets' save_to_disk (an 'image' and a 'text' column), or 'shapes'")
     tr.add_argument("--family", choices=["diffusion", "autoregressive", "gan"])
     tr.add_argument("--resolution", type=_positive(int, 1024), help="with --data: image size (default 64, at most 1024)")
     tr.add_argument("--minutes", type=float, help="with --data: training time, both stages (default 30)")
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
     va.add_argument("--out", default="out")
 
-    ev = sub.add_parser("evaluate", help="alignment, FID/KID, precision/recall/density/coverage and cost of one model")
+    ev = sub.add_parser("evaluate", help="[Shapes benchmark, or your held-out images with --data] alignment, FID/KID, "
+                                         "precision/recall/density/coverage and cost of one model")
     ev.add_argument("--model", required=True)
     ev.add_argument("--split", default="test", choices=["train", "test", "test-novel"])
     ev.add_argument("--n", type=_positive(int, 100_000), help="prompts (default 500; at most 100,000); with --data: held-out images (default all)")
@@ -215,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FID/KID/P/R/D/C on the Shapes feature network (default) or the CLIP's image embeddings (FD_CLIP)")
     ev.add_argument("--seed", type=_option("seed"), default=0)
 
-    cm = sub.add_parser("compare", help="evaluate several models and write one table, plots and a side-by-side grid")
+    cm = sub.add_parser("compare", help="[Shapes benchmark] evaluate several models and write one table, plots and a "
+                                        "side-by-side grid")
     cm.add_argument("models", nargs="+")
     cm.add_argument("--split", default="test", choices=["train", "test", "test-novel"])
     cm.add_argument("--n", type=_positive(int, 100_000), default=500, help="prompts (at most 100,000)")
@@ -225,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--clip", metavar="NAME_OR_DIR", help="the CLIP of the CLIP score column: a shipped CLIP or a local "
                                                           "transformers CLIP folder (default: shapes-clip when shipped)")
 
-    sc = sub.add_parser("score", help="score an image folder (metadata.jsonl) with the Shapes scorer")
+    sc = sub.add_parser("score", help="[Shapes benchmark] score an image folder (metadata.jsonl) with the Shapes scorer")
     sc.add_argument("folder")
     sc.add_argument("--json", action="store_true", help="print one JSON object")
     sc.add_argument("--out", help="where to write the JSON (default: FOLDER/scores.json)")
@@ -251,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_data(args) -> None:
-    from trilemma.shapes.export import ensure_writable, export_split, test_prompts
+    from trilemma.folders import ensure_writable
+    from trilemma.shapes.export import export_split, test_prompts
 
     if args.data_command == "preview":
         from trilemma.shapes.scenes import render, sample_scene
@@ -273,15 +277,21 @@ def cmd_data(args) -> None:
 
 
 def data_spec(text: str) -> dict:
-    """--data as a recipe's data object: 'shapes', shards (a .tar pattern), or a folder."""
+    """--data as a recipe's data object: 'shapes', shards (a .tar pattern), a table (a .parquet file, a folder of
+    them, or a folder written by datasets' save_to_disk), or a folder of images."""
+    path = Path(text)
     if text == "shapes":
         return {"type": "shapes"}
-    if ".tar" in text and not Path(text).is_dir():
+    if ".tar" in text and not path.is_dir():
         return {"type": "webdataset", "urls": text}
-    if not Path(text).is_dir():
+    if path.suffix == ".parquet" and path.is_file():
+        return {"type": "parquet", "path": text}
+    if not path.is_dir():
         raise ValueError(f"--data {text}: no such folder; pass a folder of captioned images, shards "
-                         "(\"shards/{00000..00009}.tar\") or 'shapes'")
-    return {"type": "imagefolder", "path": text}
+                         "(\"shards/{00000..00009}.tar\"), a .parquet file or 'shapes'")
+    tables = any((path / name).is_file() for name in ("state.json", "dataset_dict.json")) or \
+        (not (path / "metadata.jsonl").is_file() and any(path.glob("*.parquet")))
+    return {"type": "parquet", "path": text} if tables else {"type": "imagefolder", "path": text}
 
 
 def _family_recipe(path: str | None) -> dict | None:
@@ -769,14 +779,13 @@ def _clip_retrieval(scores: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from trilemma.checkpoint import CheckpointError
-    from trilemma.shapes.scenes import PromptError
     from trilemma.train.loop import TrainingDiverged
 
     handlers = {"data": cmd_data, "train": cmd_train, "generate": cmd_generate, "score": cmd_score, "models": cmd_models,
                 "interpolate": cmd_interpolate, "vary": cmd_vary, "edit": cmd_edit, "export": cmd_export, "serve": cmd_serve, "evaluate": cmd_evaluate, "compare": cmd_compare}
     try:
         handlers[args.command](args)
-    except (CheckpointError, PromptError, TrainingDiverged, ValueError, OSError, KeyError) as e:
+    except (CheckpointError, TrainingDiverged, ValueError, OSError, KeyError) as e:  # a bad prompt is a ValueError
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"trilemma {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -110,7 +110,7 @@ class DataSource:
 
     @classmethod
     def check_config(cls, data: DataConfig, where: str) -> None:
-        """Refuse, in one line naming the fix, a data object this source cannot read."""
+        """Refuse, in one line naming the fix, a data object this source cannot read; fill in its own defaults."""
 
     @classmethod
     def build(cls, data: DataConfig, seed: int, rank: int | None, world: int | None) -> "DataSource":
