@@ -49,17 +49,21 @@ def _sr_only(model: ImagenCascade, prompts: list[str]):
     """The SR stage alone, on a fixed low-resolution input: what it adds to each base's sampling time."""
     import torch.nn.functional as F
 
+    from trilemma.diffusion.denoiser import classifier_free_guidance
     from trilemma.diffusion.sampling import make_sampler, sample
+    from trilemma.diffusion.thresholding import thresholded
 
     low = torch.rand(len(prompts), 3, model.config.resolutions[0], model.config.resolutions[0]) * 2 - 1
     level = torch.full((len(prompts),), 0.2)
     low_res = model.low_res_condition(1, low, level, torch.randn_like(low))
     aug_t = model.aug_timestep(level)
     size = model.config.resolutions[1]
-    return sample(lambda x, t, st, m: model.denoise(1, x, t, st, m, low_res, aug_t), (3, size, size), list(range(len(prompts))),
-                  make_sampler("dpmsolver++", model.noise_scheduler.config), model.config.sr_sampling_steps,
-                  model.encode_text(1, prompts), model.encode_text(1, [""] * len(prompts)), model.config.guidance_scale,
-                  model.config.prediction_type, thresholding="dynamic")
+    scheduler = make_sampler("dpmsolver++", model.noise_scheduler.config)
+    denoiser = classifier_free_guidance(lambda x, t, st, m: model.denoise(1, x, t, st, m, low_res, aug_t),
+                                        model.encode_text(1, prompts), model.encode_text(1, [""] * len(prompts)),
+                                        model.config.guidance_scale)
+    denoiser = thresholded(denoiser, scheduler.alphas_cumprod, model.config.prediction_type, "dynamic")
+    return sample(denoiser, (3, size, size), list(range(len(prompts))), scheduler, model.config.sr_sampling_steps)
 
 
 def main():

@@ -21,16 +21,18 @@ def _random_denoiser(seed=0):
     return denoise
 
 
-def _sample(**kw):
+def _sample(denoise=None, sampler="dpmsolver++", steps=10, init=None, strength=1.0, known=None, resample=1):
     from diffusers import DDPMScheduler
 
-    from trilemma.diffusion.sampling import make_sampler, sample
+    from trilemma.diffusion.denoiser import classifier_free_guidance
+    from trilemma.diffusion.sampling import make_sampler, repaint, sample, sdedit
 
     sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
     cond = (torch.ones(2, 3, 8), torch.ones(2, 3, dtype=torch.long))
-    return sample(kw.pop("denoise", None) or _random_denoiser(), (4, 8, 8), [0, 1],
-                  make_sampler(kw.pop("sampler", "dpmsolver++"), sched.config),
-                  kw.pop("steps", 10), cond, None, 1.0, "v_prediction", device="cpu", **kw)
+    return sample(classifier_free_guidance(denoise or _random_denoiser(), cond, None, 1.0), (4, 8, 8), [0, 1],
+                  make_sampler(sampler, sched.config), steps, device="cpu",
+                  start=sdedit(init, strength) if init is not None else None,
+                  wrap_step=repaint(*known, resample) if known is not None else None)
 
 
 def test_repaint_keeps_the_known_region_exactly_and_draws_the_hole():

@@ -60,18 +60,18 @@ def test_thresholded_output_implies_the_thresholded_x0(prediction_type, mode):
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver++"])
 def test_the_sampling_loop_keeps_thresholded_samples_in_range(sampler):
     from trilemma.diffusion.sampling import make_sampler, sample
+    from trilemma.diffusion.thresholding import thresholded
 
     train = DDPMScheduler(prediction_type="epsilon", beta_schedule="squaredcos_cap_v2", clip_sample=False)
     target = torch.full((3, 4, 4), 5.0)  # a denoiser that always predicts an x0 far out of range
     alphas = train.alphas_cumprod
 
-    def denoise(x, t, states, mask):
+    def denoise(x, t):
         a = alphas[t].sqrt()
         return (x - a * target) / (1 - alphas[t]).sqrt()
 
-    cond = (torch.zeros(2, 1, 1), torch.ones(2, 1))
-    out = {mode: sample(denoise, (3, 4, 4), [0, 1], make_sampler(sampler, train.config), 10, cond, None, 1.0,
-                        "epsilon", thresholding=mode) for mode in ("none", "static", "dynamic")}
+    out = {mode: sample(thresholded(denoise, alphas, "epsilon", mode), (3, 4, 4), [0, 1],
+                        make_sampler(sampler, train.config), 10) for mode in ("none", "static", "dynamic")}
     assert out["none"].abs().max() > 4
     assert out["static"].abs().max() <= 1.0 + 1e-4 and out["dynamic"].abs().max() <= 1.0 + 1e-4
 
@@ -80,9 +80,7 @@ def test_ddim_eta_adds_seeded_noise():
     from trilemma.diffusion.sampling import make_sampler, sample
 
     train = DDPMScheduler(prediction_type="epsilon", beta_schedule="squaredcos_cap_v2")
-    denoise = lambda x, t, states, mask: x  # noqa: E731
-    cond = (torch.zeros(1, 1, 1), torch.ones(1, 1))
-    run = lambda eta: sample(denoise, (2, 4, 4), [7], make_sampler("ddim", train.config), 5, cond, None, 1.0,  # noqa: E731
-                             "epsilon", eta=eta)
+    denoise = lambda x, t: x  # noqa: E731
+    run = lambda eta: sample(denoise, (2, 4, 4), [7], make_sampler("ddim", train.config), 5, eta=eta)  # noqa: E731
     assert torch.isfinite(run(1.0)).all()  # diffusers' float32 DDIM gives NaN here (see make_sampler)
     assert torch.equal(run(1.0), run(1.0)) and not torch.allclose(run(0.0), run(1.0))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from trilemma.data.sources import image_to_tensor, to_rgb
+from trilemma.diffusion.sampling import repaint, sdedit
 from trilemma.model import check_option
 
 
@@ -168,15 +169,16 @@ def edit_rows(edit: dict | None, start: int, n: int, total: int) -> dict | None:
 
 
 def stage_edit(stage: int, edit: dict | None, size: int, device) -> dict:
-    """`sample`'s edit arguments at one stage of a cascade, at that stage's side: SDEdit in the base stage only (the
-    SR stages enlarge its result), RePaint at every stage (the kept region stays the input's at each side)."""
+    """`sample`'s edit arguments at one stage of a cascade, at that stage's side: SDEdit's start in the base stage
+    only (the SR stages enlarge its result), RePaint's step at every stage (the kept region stays the input's at each
+    side)."""
     if not edit:
         return {}
     if "init" in edit:
-        return {"init": _resized(edit["init"], size).to(device), "strength": edit["strength"]} if stage == 0 else {}
+        return {"start": sdedit(_resized(edit["init"], size).to(device), edit["strength"])} if stage == 0 else {}
     image, keep = edit["known"]
-    return {"known": (_resized(image, size).to(device), (1.0 - covering_mask(1.0 - keep, size)).to(device)),
-            "resample": edit["resample"]}
+    return {"wrap_step": repaint(_resized(image, size).to(device), (1.0 - covering_mask(1.0 - keep, size)).to(device),
+                                 edit["resample"])}
 
 
 def _resized(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -2,14 +2,14 @@
 guidance (Dhariwal & Nichol, 2021) are one mechanism.
 
 A guide is a function `grad(x_t, t, alpha_bar_t, x0_hat) -> g` giving the gradient of a log-score (a CLIP similarity,
-a classifier's log-probability) with respect to x_t, times the guidance scale. The sampler
-(`trilemma.diffusion.sampling.sample`) shifts the model's noise prediction by it,
+a classifier's log-probability) with respect to x_t, times the guidance scale. `gradient_guidance` wraps a denoiser
+(`trilemma.diffusion.denoiser`) so that the model's noise prediction is shifted by it,
 
     eps' = eps - sqrt(1 - alpha_bar_t) * g,
 
 which is Dhariwal & Nichol's score-based conditioning (their eq. 14): it works with every sampler and
 prediction type, and with classifier-free guidance applied first (GLIDE compares the two; here they
-compose).
+compose: wrap the classifier-free guided denoiser).
 
 Two guides:
 - `noise_aware_clip_guide`: GLIDE's, a CLIP image tower trained on noisy images (`trilemma.clip.noise_aware`)
@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from trilemma.diffusion.denoiser import Denoiser, alpha_bar_at, on_mean
 
 MIN_ALPHA_BAR = 1e-3  # decoded_clip_guide steers only where x0_hat says something (alpha_bar_t at least this)
 
@@ -63,6 +65,14 @@ def decoded_clip_guide(clip, decode: Callable[[torch.Tensor], torch.Tensor], pro
         return scale * g / alpha_bar.sqrt()
 
     return grad
+
+
+def gradient_guidance(denoiser: Denoiser, guide: Guide, alphas_cumprod: torch.Tensor, prediction_type: str) -> Denoiser:
+    """The denoiser steered by a gradient guide: its output's implied noise shifted by the guide's gradient at every
+    step (`guided_output`). `alphas_cumprod`: the sampling schedule's alpha_bar for each training timestep."""
+    def shift(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return guided_output(out, x_t, alpha_bar_at(alphas_cumprod, t, x_t), t, prediction_type, guide)
+    return on_mean(denoiser, shift)
 
 
 def guided_output(out: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, t, prediction_type: str, guide: Guide) -> torch.Tensor:

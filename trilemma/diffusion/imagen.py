@@ -29,10 +29,11 @@ from torch import nn
 
 from trilemma.config import parse_config
 from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, inpainting_method, stage_edit
-from trilemma.diffusion.guidance import noise_aware_clip_guide
+from trilemma.diffusion.denoiser import classifier_free_guidance
+from trilemma.diffusion.guidance import gradient_guidance, noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
-from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options
+from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options, thresholded
 from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder
@@ -393,10 +394,14 @@ class ImagenCascade(TextToImageModel):
                 low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [_derive_seed(s, stage, 1) for s in seeds], device))
                 aug_t = self.aug_timestep(level) if self.config.noise_augmentation else torch.zeros(len(prompts), dtype=torch.long, device=device)
                 denoise = lambda x, t, st, m, low_res=low_res, aug_t=aug_t, stage=stage: self.denoise(stage, x, t, st, m, low_res, aug_t)  # noqa: E731
-            image = sample(denoise, (3, size, size), stage_seeds, make_sampler(sampler, self.noise_scheduler.config),
-                           steps if stage == 0 else sr_steps, cond, uncond, guidance_scale, self.config.prediction_type,
-                           thresholding=thresholding, percentile=percentile, max_value=max_values[stage], eta=eta,
-                           progress=progress, device=device, guide=guide, **self._stage_edit(stage, edit, size))
+            scheduler = make_sampler(sampler, self.noise_scheduler.config)
+            denoiser = classifier_free_guidance(denoise, cond, uncond, guidance_scale)
+            if guide is not None:
+                denoiser = gradient_guidance(denoiser, guide, scheduler.alphas_cumprod, self.config.prediction_type)
+            denoiser = thresholded(denoiser, scheduler.alphas_cumprod, self.config.prediction_type, thresholding,
+                                   percentile, max_values[stage])
+            image = sample(denoiser, (3, size, size), stage_seeds, scheduler, steps if stage == 0 else sr_steps, eta=eta,
+                           progress=progress, device=device, **self._stage_edit(stage, edit, size))
             if stage < stages - 1:
                 image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range
         return image

@@ -20,9 +20,10 @@ from trilemma.config import parse_config
 from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit, inpainting_method
-from trilemma.diffusion.guidance import decoded_clip_guide
+from trilemma.diffusion.denoiser import classifier_free_guidance
+from trilemma.diffusion.guidance import decoded_clip_guide, gradient_guidance
 from trilemma.diffusion.objective import denoising_loss
-from trilemma.diffusion.sampling import make_sampler, sample
+from trilemma.diffusion.sampling import make_sampler, repaint, sample, sdedit
 from trilemma.model import TextToImageModel, TrainableModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.progress import preview_decoder
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
@@ -286,9 +287,13 @@ class LatentDiffusion(TextToImageModel):
                 return self.denoise(torch.cat([x, extra.to(x.dtype)], dim=1), t, states, mask)
 
             denoise = conditioned
+        scheduler = self.make_sampler(sampler_name)
+        denoiser = classifier_free_guidance(denoise, self.encode_text(prompts), uncond, guidance_scale)
+        if guide is not None:
+            denoiser = gradient_guidance(denoiser, guide, scheduler.alphas_cumprod, self.config.prediction_type)
         with preview_decoder(lambda z: self.autoencoder.decode(z / self.config.latent_scale)):
-            latents = sample(denoise, (self.latent_channels, self.latent_size, self.latent_size), seeds,
-                             self.make_sampler(sampler_name), steps, self.encode_text(prompts), uncond, guidance_scale,
-                             self.config.prediction_type, eta=eta, progress=progress, device=device, guide=guide,
-                             init=init, strength=strength, known=known, resample=resample)
+            latents = sample(denoiser, (self.latent_channels, self.latent_size, self.latent_size), seeds, scheduler, steps,
+                             eta=eta, progress=progress, device=device,
+                             start=sdedit(init, strength) if init is not None else None,
+                             wrap_step=repaint(*known, resample) if known is not None else None)
         return to_pil(self.autoencoder.decode(latents / self.config.latent_scale))

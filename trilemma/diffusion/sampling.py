@@ -1,20 +1,25 @@
 """The sampling loop, kept apart from the models: any denoiser, any diffusers scheduler.
 
-A model supplies `denoise(x_t, t, states, mask)` (its U-Net's output:
-epsilon, v or x0) and the text states; this loop owns the rest: seeded
-starting noise, classifier-free guidance (Ho & Salimans, 2022) with an
-optional negative prompt, gradient guidance (CLIP or a classifier), Imagen's
-thresholding, and the scheduler's steps.
-Samplers are diffusers' schedulers: DDPM (ancestral), DDIM (eta
-configurable) and DPM-Solver++ (2M).
+In the manner of k-diffusion (Crowson; Karras et al., 2022), a sampler is a small function of a denoiser,
+`denoiser(x_t, t) -> model output` (`trilemma.diffusion.denoiser`). What steers the model wraps the denoiser before
+the loop sees it, in this order:
 
-Two edits ride on the same loop, for any model that samples through it:
-- SDEdit (Meng et al., 2022), image-to-image: `init` noised to the timestep that `strength` picks, then
-  denoised under the prompt (diffusers' img2img takes the same timesteps: the last strength x steps).
-- RePaint (Lugmayr et al., 2022), training-free inpainting: after every step the region to keep is replaced
-  by the known image noised to the new timestep, so the model only draws the hole; with `resample` r > 1
-  each step is taken r times, the result pushed back one step by the forward process in between, which lets
-  the hole and the kept region agree (the paper's resampling, jump length 1).
+- classifier-free guidance (Ho & Salimans, 2022), with an optional negative prompt: `classifier_free_guidance`;
+- gradient guidance, CLIP (GLIDE) or a classifier (Dhariwal & Nichol, 2021): `guidance.gradient_guidance`;
+- Imagen's thresholding (Saharia et al., 2022): `thresholding.thresholded`.
+
+The samplers are diffusers' schedulers: DDPM (ancestral), DDIM (eta configurable) and DPM-Solver++ (2M). This loop
+owns what is the same for all of them: seeded starting noise and step noise, one generator per image; Improved
+DDPM's learned variance (Nichol & Dhariwal, 2021) handed to DDPM; progress reports.
+
+Two edits ride on the same loop, for any model that samples through it, as pieces that plug in:
+- SDEdit (Meng et al., 2022), image-to-image, a start point (`sdedit`): `init` noised to the timestep that
+  `strength` picks, then denoised under the prompt (diffusers' img2img takes the same timesteps: the last
+  strength x steps).
+- RePaint (Lugmayr et al., 2022), training-free inpainting, a step wrapper (`repaint`): after every step the region
+  to keep is replaced by the known image noised to the new timestep, so the model only draws the hole; with
+  `resample` r > 1 each step is taken r times, the result pushed back one step by the forward process in between,
+  which lets the hole and the kept region agree (the paper's resampling, jump length 1).
 """
 
 from __future__ import annotations
@@ -24,22 +29,34 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from trilemma.diffusion.guidance import guided_output
-from trilemma.diffusion.thresholding import MODES as THRESHOLDING_MODES
-from trilemma.diffusion.thresholding import IF_MAX_VALUE, IF_PERCENTILE, check_threshold_options, thresholded_output
+from trilemma.diffusion.denoiser import Denoiser, split_learned_variance
 from trilemma.progress import progress as progress_bar
 from trilemma.progress import report_step
+
+Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
+# A start point: (scheduler with its timesteps set, x_T) -> (the timesteps to take, the sample to start from).
+Start = Callable[[Scheduler, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# One sampler step: (x at timesteps[i], i) -> x at the noise level the step lands on.
+Step = Callable[[torch.Tensor, int], torch.Tensor]
+# A step wrapper: (step, scheduler, timesteps, seeds) -> a new step.
+StepWrapper = Callable[[Step, Scheduler, torch.Tensor, list[int]], Step]
+
+# Seed offsets of the noise drawn after the starting noise, per image: the scheduler's step noise (DDPM, DDIM with
+# eta > 0) and RePaint's forward-process noise. Fixed, so that an image depends on its seed alone.
+STEP_NOISE_SEED = 1_000_003
+REPAINT_NOISE_SEED = 2_000_003
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 
 
-def make_sampler(name: str, train_scheduler_config) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+def make_sampler(name: str, train_scheduler_config) -> Scheduler:
     """A sampling scheduler on the training schedule."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     # "trailing" spacing starts sampling at the last training step (Lin et al., 2023).
     common = {"timestep_spacing": "trailing"}
-    # Thresholding is this module's job (any sampler, any prediction type): the schedulers' own is off.
+    # Thresholding wraps the denoiser (`thresholding.thresholded`: any sampler, any prediction type): the schedulers'
+    # own is off.
     plain = {"clip_sample": False, "thresholding": False}
     if name == "ddpm":
         return DDPMScheduler.from_config(train_scheduler_config, **common, **plain)
@@ -51,7 +68,7 @@ def make_sampler(name: str, train_scheduler_config) -> DDPMScheduler | DDIMSched
         ddim.alphas_cumprod = ddim.alphas_cumprod.double()
         ddim.final_alpha_cumprod = torch.as_tensor(ddim.final_alpha_cumprod, dtype=torch.float64)
         return ddim
-    # Learned variances only change DDPM's ancestral noise; the loop hands DPM-Solver the mean part alone.
+    # Learned variances only change DDPM's ancestral noise; `denoising_step` hands DPM-Solver the mean part alone.
     return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
                                                    variance_type=None, **common)
 
@@ -62,63 +79,98 @@ def seeded_noise(shape: tuple[int, ...], seeds: list[int], device) -> torch.Tens
 
 
 @torch.no_grad()
-def sample(denoise: Callable, shape: tuple[int, ...], seeds: list[int], scheduler, steps: int,
-           cond: tuple[torch.Tensor, torch.Tensor], uncond: tuple[torch.Tensor, torch.Tensor] | None,
-           guidance_scale: float, prediction_type: str, thresholding: str = "none", percentile: float = IF_PERCENTILE,
-           max_value: float = IF_MAX_VALUE,
-           eta: float = 0.0, progress: bool = False, device=None, guide=None, init: torch.Tensor | None = None,
-           strength: float = 1.0, known: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 1) -> torch.Tensor:
-    """x_0 for each seed. `cond`/`uncond` are (states, mask) of the prompts and of the negative prompt; `guide`, a
-    gradient guide (CLIP or classifier guidance, `trilemma.diffusion.guidance`), applied after classifier-free guidance.
-    `init` (B, *shape) and `strength` in (0, 1]: SDEdit from that image. `known` = (x0, keep) with keep 1 where x0
-    stays: RePaint, `resample` times per step (r > 1 needs a one-step sampler, ddpm or ddim)."""
+def sample(denoiser: Denoiser, shape: tuple[int, ...], seeds: list[int], scheduler: Scheduler, steps: int,
+           eta: float = 0.0, start: Start | None = None, wrap_step: StepWrapper | None = None, progress: bool = False,
+           device=None) -> torch.Tensor:
+    """x_0 for each seed, a sample of `shape` per image, by `steps` steps of `scheduler` (`make_sampler`).
+    `eta`: DDIM's noise (0: deterministic). `start`: where to start instead of pure noise (`sdedit`). `wrap_step`: a
+    change of every step (`repaint`)."""
     if steps < 1:
         raise ValueError("steps must be at least 1")
-    if thresholding not in THRESHOLDING_MODES:
-        raise ValueError(f"unknown thresholding {thresholding!r}; choose one of {', '.join(THRESHOLDING_MODES)}")
-    if thresholding == "dynamic":
-        check_threshold_options(percentile, max_value)
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
     x = seeded_noise(shape, seeds, device) * scheduler.init_noise_sigma
-    alphas_cumprod = scheduler.alphas_cumprod.to(x.device, torch.float32)
-    if init is not None:
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if start is not None:
+        timesteps, x = start(scheduler, x)
+    step = denoising_step(denoiser, scheduler, timesteps, seeds, eta, device)
+    if wrap_step is not None:
+        step = wrap_step(step, scheduler, timesteps, seeds)
+    for i, t in enumerate(progress_bar(timesteps, enabled=progress, leave=False, desc="denoising")):
+        x = step(x, i)
+        report_step("denoising", i + 1, len(timesteps), x)
+    return x
+
+
+def denoising_step(denoiser: Denoiser, scheduler: Scheduler, timesteps: torch.Tensor, seeds: list[int], eta: float = 0.0,
+                   device=None) -> Step:
+    """One scheduler step from x at timesteps[i]: the denoiser's output handed to `scheduler.step`."""
+    # Ancestral (DDPM) steps, and DDIM with eta > 0, draw noise too: per-image generators again.
+    step_kwargs = {"generator": [torch.Generator(device).manual_seed(s + STEP_NOISE_SEED) for s in seeds]}
+    if isinstance(scheduler, DDIMScheduler):
+        step_kwargs["eta"] = eta
+    # Learned variances only change DDPM's ancestral noise; the other samplers get the mean part alone.
+    learned_range = isinstance(scheduler, DDPMScheduler) and getattr(scheduler.config, "variance_type", None) == "learned_range"
+    last = timesteps[-1]
+
+    def step(x: torch.Tensor, i: int) -> torch.Tensor:
+        t = timesteps[i]
+        out, var_values = split_learned_variance(denoiser(scheduler.scale_model_input(x, t), t), x.shape[1])
+        if var_values is not None and learned_range:
+            if t == last:
+                # The last step goes to x0 and adds no noise (Improved DDPM). Trailing spacing ends above t = 0,
+                # where diffusers would add noise from a variance the network never learned for that jump:
+                # v = -1 selects the posterior variance, which is 0 (1e-20) on the final step.
+                var_values = torch.full_like(var_values, -1.0)
+            return scheduler.step(torch.cat([out, var_values], dim=1), t, x, **step_kwargs).prev_sample.to(out.dtype)
+        return scheduler.step(out, t, x, **step_kwargs).prev_sample.to(out.dtype)
+    return step
+
+
+def sdedit(init: torch.Tensor, strength: float) -> Start:
+    """SDEdit's start point: `init` (B, *shape) noised by q(x_t | x_0) to the first of the last strength x steps
+    timesteps, strength in (0, 1] (1: from pure noise, as text-to-image)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+
+    def start(scheduler: Scheduler, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = scheduler.num_inference_steps
         first = steps - min(int(steps * strength), steps)
         if first >= steps:
             raise ValueError(f"strength {strength} x {steps} steps leaves no denoising step; raise the strength or the steps")
-        timesteps = timesteps[first * scheduler.order:]
+        timesteps = scheduler.timesteps[first * scheduler.order:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(first * scheduler.order)
-        # q(x_t | x_0) at the first kept timestep; the seeded noise is the same draw as text-to-image's.
-        ab = alphas_cumprod[timesteps[0]]
-        x = ab.sqrt() * init.to(x.device, x.dtype) + (1 - ab).sqrt() * x
-    if resample < 1 or (resample > 1 and isinstance(scheduler, DPMSolverMultistepScheduler)):
-        raise ValueError("resample must be at least 1, and above 1 only with a one-step sampler (ddpm or ddim): "
-                         "DPM-Solver++ keeps a history of past steps that going back would corrupt")
-    keep_noise = [torch.Generator().manual_seed(s + 2_000_003) for s in seeds] if known is not None else None
-    use_cfg = guidance_scale != 1.0 and uncond is not None
-    states, mask = (torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])) if use_cfg else cond
-    # Ancestral (DDPM) steps, and DDIM with eta > 0, draw noise too: per-image generators again.
-    step_kwargs = {"generator": [torch.Generator(device).manual_seed(s + 1_000_003) for s in seeds]}
-    if isinstance(scheduler, DDIMScheduler):
-        step_kwargs["eta"] = eta
-    last = timesteps[-1]
-    for i, t in enumerate(progress_bar(timesteps, enabled=progress, leave=False, desc="denoising")):
-        for r in range(resample if known is not None else 1):
-            if r > 0:  # RePaint's resampling: x_{t-1} back to x_t through q(x_t | x_{t-1})
-                ab_t, ab_prev = alphas_cumprod[t], landing_alpha_bar(scheduler, alphas_cumprod, timesteps, i)
-                x = (ab_t / ab_prev).sqrt() * x + (1 - ab_t / ab_prev).sqrt() * _draw(keep_noise, x)
-            x = _step(denoise, scheduler, x, t, last, states, mask, use_cfg, guidance_scale, guide, alphas_cumprod,
-                      prediction_type, thresholding, percentile, max_value, step_kwargs)
-            if known is not None:
-                x0, keep = known
-                ab = landing_alpha_bar(scheduler, alphas_cumprod, timesteps, i)
-                noised = ab.sqrt() * x0.to(x.device, x.dtype) + (1 - ab).sqrt() * _draw(keep_noise, x)
+        # The seeded noise is the same draw as text-to-image's.
+        ab = scheduler.alphas_cumprod.to(noise.device, torch.float32)[timesteps[0]]
+        return timesteps, ab.sqrt() * init.to(noise.device, noise.dtype) + (1 - ab).sqrt() * noise
+    return start
+
+
+def repaint(known: torch.Tensor, keep: torch.Tensor, resample: int = 1) -> StepWrapper:
+    """RePaint's step wrapper: `known` (B, *shape) stays where `keep` is 1 (a mask broadcast over it), the model draws
+    the rest; each step taken `resample` times (r > 1 needs a one-step sampler, ddpm or ddim)."""
+    if resample < 1:
+        raise ValueError(f"resample must be at least 1, not {resample}")
+
+    def wrap(step: Step, scheduler: Scheduler, timesteps: torch.Tensor, seeds: list[int]) -> Step:
+        if resample > 1 and isinstance(scheduler, DPMSolverMultistepScheduler):
+            raise ValueError("resample above 1 needs a one-step sampler (ddpm or ddim): "
+                             "DPM-Solver++ keeps a history of past steps that going back would corrupt")
+        noise = [torch.Generator().manual_seed(s + REPAINT_NOISE_SEED) for s in seeds]
+
+        def repainted(x: torch.Tensor, i: int) -> torch.Tensor:
+            alphas_cumprod = scheduler.alphas_cumprod.to(x.device, torch.float32)
+            ab_prev = landing_alpha_bar(scheduler, alphas_cumprod, timesteps, i)
+            for r in range(resample):
+                if r > 0:  # RePaint's resampling: x_{t-1} back to x_t through q(x_t | x_{t-1})
+                    ab_t = alphas_cumprod[timesteps[i]]
+                    x = (ab_t / ab_prev).sqrt() * x + (1 - ab_t / ab_prev).sqrt() * _draw(noise, x)
+                x = step(x, i)
+                noised = ab_prev.sqrt() * known.to(x.device, x.dtype) + (1 - ab_prev).sqrt() * _draw(noise, x)
                 x = keep * noised + (1 - keep) * x
-        report_step("denoising", i + 1, len(timesteps), x)
-    return x
+            return x
+        return repainted
+    return wrap
 
 
 def landing_alpha_bar(scheduler, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, i: int) -> torch.Tensor:
@@ -134,32 +186,3 @@ def landing_alpha_bar(scheduler, alphas_cumprod: torch.Tensor, timesteps: torch.
 
 def _draw(generators: list[torch.Generator], like: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.randn(like.shape[1:], generator=g) for g in generators]).to(like.device, like.dtype)
-
-
-def _step(denoise, scheduler, x, t, last, states, mask, use_cfg, guidance_scale, guide, alphas_cumprod, prediction_type,
-          thresholding, percentile, max_value, step_kwargs) -> torch.Tensor:
-    """One sampler step from x_t: the model's output, guided, thresholded, handed to the scheduler."""
-    inp = torch.cat([x, x]) if use_cfg else x
-    out = denoise(scheduler.scale_model_input(inp, t), t, states, mask)
-    var_values = None
-    if out.shape[1] == 2 * x.shape[1]:  # a learned variance (Improved DDPM) rides in the second half
-        out, var_values = out.split(x.shape[1], dim=1)
-    if use_cfg:
-        out_uncond, out_cond = out.chunk(2)
-        out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        # Guidance moves the mean; the variance is the conditional branch's, as in GLIDE.
-        var_values = var_values.chunk(2)[1] if var_values is not None else None
-    if guide is not None:
-        out = guided_output(out, x, alphas_cumprod[t].view(1, *[1] * (x.dim() - 1)), t, prediction_type, guide)
-    if thresholding != "none":
-        out = thresholded_output(out, x, alphas_cumprod[t].view(1, *[1] * (x.dim() - 1)), prediction_type,
-                                 thresholding, percentile, max_value)
-    if var_values is not None and getattr(scheduler.config, "variance_type", None) == "learned_range" \
-            and isinstance(scheduler, DDPMScheduler):
-        if t == last:
-            # The last step goes to x0 and adds no noise (Improved DDPM). Trailing spacing ends above t = 0,
-            # where diffusers would add noise from a variance the network never learned for that jump:
-            # v = -1 selects the posterior variance, which is 0 (1e-20) on the final step.
-            var_values = torch.full_like(var_values, -1.0)
-        return scheduler.step(torch.cat([out, var_values], dim=1), t, x, **step_kwargs).prev_sample.to(out.dtype)
-    return scheduler.step(out, t, x, **step_kwargs).prev_sample.to(out.dtype)

@@ -15,15 +15,19 @@ later steps), dividing every pixel, background included, by s.
 
 diffusers' schedulers carry the same operation (`thresholding=True`) but
 only some of them (DDPM, DDIM, DPM-Solver), each inside its own `step`, and
-only for some prediction types. Written here once so that it sits in the
-sampling loop, between the model and any scheduler: the model output is
-turned into x0, thresholded, and turned back into the scheduler's
-prediction type. A test checks it against diffusers' `_threshold_sample`.
+only for some prediction types. Written here once as a wrapper of the
+denoiser (`thresholded`, see `trilemma.diffusion.denoiser`), between the
+model and any scheduler: the model output is turned into x0, thresholded,
+and turned back into the scheduler's prediction type. It wraps last, after
+classifier-free and gradient guidance, whose overshoot it is there to catch.
+A test checks it against diffusers' `_threshold_sample`.
 """
 
 from __future__ import annotations
 
 import torch
+
+from trilemma.diffusion.denoiser import Denoiser, alpha_bar_at, on_mean
 
 MODES = ("none", "static", "dynamic")
 # DeepFloyd IF's stage-I settings (its scheduler config: dynamic_thresholding_ratio, sample_max_value).
@@ -37,6 +41,23 @@ def check_threshold_options(percentile: float, max_value: float) -> None:
         raise ValueError(f"the dynamic thresholding percentile must lie in (0, 1], not {percentile}")
     if not max_value >= 1.0:
         raise ValueError(f"the dynamic thresholding cap (max value of s) must be at least 1 (inf: uncapped), not {max_value}")
+
+
+def thresholded(denoiser: Denoiser, alphas_cumprod: torch.Tensor, prediction_type: str, mode: str,
+                percentile: float = IF_PERCENTILE, max_value: float = IF_MAX_VALUE) -> Denoiser:
+    """The denoiser with the clean image its output implies thresholded at every step (`thresholded_output`);
+    mode "none" gives it back unchanged. `alphas_cumprod`: the sampling schedule's alpha_bar per training timestep."""
+    if mode not in MODES:
+        raise ValueError(f"unknown thresholding {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "none":
+        return denoiser
+    if mode == "dynamic":
+        check_threshold_options(percentile, max_value)
+
+    def clip(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return thresholded_output(out, x_t, alpha_bar_at(alphas_cumprod, t, x_t), prediction_type, mode, percentile,
+                                  max_value)
+    return on_mean(denoiser, clip)
 
 
 def threshold(x0: torch.Tensor, mode: str = "dynamic", percentile: float = IF_PERCENTILE,

@@ -38,7 +38,9 @@ from trilemma.checkpoint import read_config
 from trilemma.diffusion.editing import init_edit
 from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed
 from trilemma.diffusion.objective import denoising_loss
+from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
+from trilemma.diffusion.thresholding import thresholded
 from trilemma.model import check_option, check_prompts, to_pil
 
 CONDITIONINGS = ("image", "text", "caption")  # what the decoder is given (the paper's ablation, Fig. 16)
@@ -246,12 +248,12 @@ class UnCLIP(ImagenCascade):
         text, states, mask = self.clip.encode_text(prompts)
         null_text, null_states, null_mask = self.clip.encode_text([""] * len(prompts))
         both = torch.cat([null_text, text])
-        denoise = lambda z, t, st, m: self.prior_denoise(z, t, both if z.shape[0] != len(prompts) else text, st, m)  # noqa: E731
+        network = lambda z, t, st, m: self.prior_denoise(z, t, both if z.shape[0] != len(prompts) else text, st, m)  # noqa: E731
+        denoiser = classifier_free_guidance(network, (states, mask), (null_states, null_mask), guidance_scale)
         best, best_sim = None, None
         for j in range(candidates):
-            z = sample(denoise, (self._embed_dim,), [_derive_seed(s, PRIOR_STAGE, j) for s in seeds],
-                       self.make_prior_sampler(), steps, (states, mask),
-                       (null_states, null_mask), guidance_scale, "sample", device=text.device)
+            z = sample(denoiser, (self._embed_dim,), [_derive_seed(s, PRIOR_STAGE, j) for s in seeds],
+                       self.make_prior_sampler(), steps, device=text.device)
             z = F.normalize(z, dim=-1)
             sim = (z * text).sum(-1)
             if best is None:
@@ -314,11 +316,13 @@ class UnCLIP(ImagenCascade):
         denoise = lambda x, t, st, m: self.unets[0](x, t, encoder_hidden_states=st, encoder_attention_mask=m,  # noqa: E731
                                                     class_labels=both if x.shape[0] != b else embedding).sample
         size = self.config.resolutions[0]
-        image = sample(denoise, (3, size, size), [_derive_seed(s, 0, 0) for s in seeds],
-                       make_sampler(options["sampler"], self.noise_scheduler.config), options["steps"], cond, uncond,
-                       options["guidance_scale"], self.config.prediction_type, thresholding=options["thresholding"],
-                       percentile=options["percentile"], max_value=options["max_values"][0], eta=options["eta"],
-                       progress=options["progress"], device=device, **self._stage_edit(0, options.get("edit"), size))
+        scheduler = make_sampler(options["sampler"], self.noise_scheduler.config)
+        denoiser = thresholded(classifier_free_guidance(denoise, cond, uncond, options["guidance_scale"]),
+                               scheduler.alphas_cumprod, self.config.prediction_type, options["thresholding"],
+                               options["percentile"], options["max_values"][0])
+        image = sample(denoiser, (3, size, size), [_derive_seed(s, 0, 0) for s in seeds], scheduler, options["steps"],
+                       eta=options["eta"], progress=options["progress"], device=device,
+                       **self._stage_edit(0, options.get("edit"), size))
         if options["stages"] == 1:
             return image
         return super()._cascade(captions, seeds, image=image.clamp(-1.0, 1.0), start=1, **options)
