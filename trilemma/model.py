@@ -8,6 +8,7 @@ The CLI, the evaluation and the benchmarks talk to this interface only.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,21 +16,24 @@ from PIL import Image
 from torch import nn
 
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trilemma.config import parse_config
 
 
 class TrainableModel(nn.Module):
     family: str = ""
     config_class: type = None  # the @dataclass of the model's hyperparameters, which recipes are checked against
 
-    # --- what each model supplies -------------------------------------------
+    # --- config: the model's `config_class` instance, kept as `self.config` ----
     def to_config(self) -> dict:
-        """Every hyperparameter needed to rebuild the model (JSON-able)."""
-        raise NotImplementedError
+        """Every hyperparameter needed to rebuild the model (JSON-able): its config dataclass as a dict."""
+        return asdict(self.config)
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainableModel":
-        raise NotImplementedError
+        """The model that `to_config` describes; a wrong key or type raises ConfigError naming the fix."""
+        return cls(parse_config(cls.config_class, config, "model"))
 
+    # --- what each model supplies -------------------------------------------
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0) -> dict[str, torch.optim.Optimizer]:
         """Named optimizers, stepped in this order each training step (a GAN has two)."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -126,13 +126,6 @@ class CLIP(TrainableModel):
             projection_dim=self.config.projection_dim)
         return CLIPModel(hf)
 
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "CLIP":
-        return cls(parse_config(cls.config_class, config, "model"))
-
     # --- the two towers -----------------------------------------------------------
     def _device(self):
         return self.clip.logit_scale.device

@@ -21,14 +21,13 @@ sampler takes a gradient function, `trilemma.diffusion.guidance` builds one from
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trilemma.clip.contrastive import contrastive_loss
-from trilemma.config import parse_config
 from trilemma.model import TrainableModel
 from trilemma.shapes.negatives import maybe_with_hard_negatives
 
@@ -84,13 +83,6 @@ class NoiseAwareCLIP(TrainableModel):
         self.logit_scale = nn.Parameter(scorer.model.logit_scale.detach().clone().float())
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                                              **config.schedule)
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "NoiseAwareCLIP":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def check_schedule(self, scheduler_config) -> None:
         """Refuse to guide a model whose noise schedule differs from the one this tower learnt x_t under."""

@@ -19,7 +19,7 @@ each with its own optimizer, so one run can train every stage or only some
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from trilemma.config import parse_config
 from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, inpainting_method, stage_edit
 from trilemma.diffusion.guidance import noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
@@ -175,13 +174,6 @@ class ImagenCascade(TextToImageModel):
         return range(len(self.config.resolutions))
 
     # --- config ---------------------------------------------------------------
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "ImagenCascade":
-        return cls(parse_config(cls.config_class, config, "model"))
-
     def external_prefixes(self) -> tuple[str, ...]:
         return tuple(f"text_encoders.{k}." for k, e in enumerate(self.text_encoders) if isinstance(e, PretrainedTextEncoder))
 

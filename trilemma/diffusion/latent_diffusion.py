@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit, inpainting_method
 from trilemma.diffusion.guidance import decoded_clip_guide
@@ -102,13 +101,6 @@ class LatentDiffusion(TextToImageModel):
     # --- config ---------------------------------------------------------------
     def external_prefixes(self) -> tuple[str, ...]:
         return ("text_encoder.",) if isinstance(self.text_encoder, PretrainedTextEncoder) else ()
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "LatentDiffusion":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     # --- training -------------------------------------------------------------
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.config import parse_config
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
 from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
@@ -228,13 +227,6 @@ class DFGAN(TextToImageModel):
             raise ValueError(f"the autoencoder is for {autoencoder.config.resolution} px, the GAN for {self.resolution}")
         self.autoencoder = autoencoder.requires_grad_(False).eval()  # trained on its own, then frozen
         self.config.autoencoder = autoencoder.to_config()
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "DFGAN":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def external_prefixes(self) -> tuple[str, ...]:
         return ("text_encoder.",) if isinstance(self.text_encoder, PretrainedTextEncoder) else ()
