@@ -17,6 +17,7 @@ from torch import nn
 
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trilemma.config import parse_config
+from trilemma.registry import model_class
 
 
 class TrainableModel(nn.Module):
@@ -88,8 +89,6 @@ class TrainableModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TrainableModel":
-        from trilemma.registry import model_class
-
         config, tensors = load_checkpoint(directory)
         try:
             klass = model_class(config["model_class"])

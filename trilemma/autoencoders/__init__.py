@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from trilemma.model import to_pil
+
 
 class ReconstructionPreview:
     """The loop's sample grid for a first stage: training images above their reconstructions. Mixed into
@@ -16,8 +18,6 @@ class ReconstructionPreview:
         return dataset
 
     def preview(self, prompts: list[str], seed: int = 0):
-        from trilemma.model import to_pil
-
         real, captions = getattr(self, "_preview", None) or preview_samples(None, self.config.resolution)
         recon = self.reconstruct(real.to(next(self.parameters()).device)).cpu()
         return to_pil(torch.cat([real, recon])), captions + ["reconstruction"] * len(captions)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trilemma.checkpoint import file_sha256
+from trilemma.clip import load_clip
 from trilemma.clip.contrastive import contrastive_loss
 from trilemma.model import TrainableModel
 from trilemma.shapes.negatives import maybe_with_hard_negatives
@@ -59,15 +61,12 @@ class NoiseAwareCLIP(TrainableModel):
         from diffusers.models.embeddings import TimestepEmbedding, Timesteps
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        from trilemma.clip import load_clip
-        from trilemma.checkpoint import _sha256
-
         self.config = config
         self.resolution = config.resolution
         if config.resolution % config.patch_size:
             raise ValueError(f"NoiseAwareCLIP: resolution {config.resolution} is not a multiple of patch_size {config.patch_size}")
         scorer = load_clip(config.clip)
-        digest = _sha256(scorer.folder / "model.safetensors")
+        digest = file_sha256(scorer.folder / "model.safetensors")
         if config.clip_sha256 is not None and digest != config.clip_sha256:
             raise ValueError(f"the CLIP {config.clip} changed (sha256 {digest[:12]}..., this model was trained with "
                              f"{config.clip_sha256[:12]}...): its joint space is not the one this image tower learnt")

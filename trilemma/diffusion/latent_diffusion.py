@@ -17,6 +17,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
+from trilemma.clip import DEFAULT_CLIP, load_clip
 from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit, inpainting_method
 from trilemma.diffusion.guidance import decoded_clip_guide
 from trilemma.diffusion.objective import denoising_loss
@@ -205,7 +206,6 @@ class LatentDiffusion(TextToImageModel):
         edit = init_edit(init_image, strength, len(prompts), self.resolution)
         clip = None
         if clip_guidance:
-            from trilemma.clip import DEFAULT_CLIP, load_clip
 
             clip = load_clip(guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
         if edit:  # SDEdit starts from the image's latent

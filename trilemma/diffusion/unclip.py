@@ -35,15 +35,17 @@ from diffusers import DDPMScheduler, PriorTransformer
 from torch import nn
 
 from trilemma.checkpoint import read_config
+from trilemma.clip import pinned_clip
 from trilemma.diffusion.editing import init_edit
-from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed
+from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, derive_seed
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
 from trilemma.model import check_option, check_prompts, to_pil
+from trilemma.registry import shipped_models
 
 CONDITIONINGS = ("image", "text", "caption")  # what the decoder is given (the paper's ablation, Fig. 16)
 PARTS = ("prior", "decoder")
-PRIOR_STAGE = 101  # the prior's place in _derive_seed's (seed, stage, purpose): apart from the cascade's stages
+PRIOR_STAGE = 101  # the prior's place in derive_seed's (seed, stage, purpose): apart from the cascade's stages
 
 
 @dataclass
@@ -78,8 +80,6 @@ class UnCLIP(ImagenCascade):
     config_class = UnCLIPConfig
 
     def __init__(self, config: UnCLIPConfig):
-        from trilemma.clip import pinned_clip
-
         if config.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning {config.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}")
         if not config.train_parts or any(p not in PARTS for p in config.train_parts):
@@ -253,7 +253,7 @@ class UnCLIP(ImagenCascade):
         denoise = lambda z, t, st, m: self.prior_denoise(z, t, both if z.shape[0] != len(prompts) else text, st, m)  # noqa: E731
         best, best_sim = None, None
         for j in range(candidates):
-            z = sample(denoise, (self._embed_dim,), [_derive_seed(s, PRIOR_STAGE, j) for s in seeds],
+            z = sample(denoise, (self._embed_dim,), [derive_seed(s, PRIOR_STAGE, j) for s in seeds],
                        self.make_prior_sampler(), steps, (states, mask),
                        (null_states, null_mask), guidance_scale, "sample", device=text.device)
             z = F.normalize(z, dim=-1)
@@ -318,7 +318,7 @@ class UnCLIP(ImagenCascade):
         denoise = lambda x, t, st, m: self.unets[0](x, t, encoder_hidden_states=st, encoder_attention_mask=m,  # noqa: E731
                                                     class_labels=both if x.shape[0] != b else embedding).sample
         size = self.config.resolutions[0]
-        image = sample(denoise, (3, size, size), [_derive_seed(s, 0, 0) for s in seeds],
+        image = sample(denoise, (3, size, size), [derive_seed(s, 0, 0) for s in seeds],
                        make_sampler(options["sampler"], self.noise_scheduler.config), options["steps"], cond, uncond,
                        options["guidance_scale"], self.config.prediction_type, thresholding=options["thresholding"],
                        percentile=options["percentile"], max_value=options["max_values"][0], eta=options["eta"],
@@ -361,8 +361,6 @@ class UnCLIP(ImagenCascade):
 
 def _cascade_folder(source: str, what: str) -> tuple[Path, bool]:
     """(folder, whether shipped) of a cascade named by a shipped model's name or a folder; one line if neither."""
-    from trilemma.registry import shipped_models
-
     if source in shipped_models():
         return shipped_models()[source], True
     folder = Path(source).expanduser()

@@ -88,7 +88,7 @@ class DFGANConfig:
         return int(math.log2(self.grid)) - 2  # 4 px -> grid
 
 
-def _channels(unit: int, levels: int) -> list[int]:
+def block_channels(unit: int, levels: int) -> list[int]:
     """The code's get_G_in_out_chs: unit * min(2^i, 8), widest at the 4x4 end."""
     return [unit * min(2 ** i, 8) for i in range(levels + 1)][::-1]
 
@@ -149,7 +149,7 @@ def image_decoder(config, cond_dim: int, chs: list[int]) -> tuple[nn.ModuleList,
 class Generator(nn.Module):
     def __init__(self, config: DFGANConfig, sentence_dim: int):
         super().__init__()
-        chs = _channels(config.ngf, config.levels)
+        chs = block_channels(config.ngf, config.levels)
         cond_dim = config.z_dim + sentence_dim
         self.fc = nn.Linear(config.z_dim, chs[0] * 4 * 4)
         self.blocks, self.to_rgb = image_decoder(config, cond_dim, chs)
@@ -182,7 +182,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, config: DFGANConfig, sentence_dim: int):
         super().__init__()
-        chs = _channels(config.ndf, config.levels)[::-1]
+        chs = block_channels(config.ndf, config.levels)[::-1]
         self.conv_img = nn.Conv2d(config.channels, chs[0], 3, 1, 1)
         self.blocks = nn.Sequential(*[DBlock(chs[0], chs[0], downsample=False) for _ in range(config.latent_blocks)],
                                     *(DBlock(a, b) for a, b in zip(chs[:-1], chs[1:])))

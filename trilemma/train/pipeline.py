@@ -36,7 +36,8 @@ from pathlib import Path
 from trilemma.config import ConfigError, parse_config
 from trilemma.data.sources import build_dataset, parse_data_config, training_captions
 from trilemma.folders import FolderLock, ensure_writable
-from trilemma.train.loop import TrainConfig, build_model, train
+from trilemma.text.tokenizer import PromptTokenizer, train_caption_tokenizer
+from trilemma.train.loop import TrainConfig, build_model, latest_checkpoint, train
 
 FAMILIES = ("diffusion", "autoregressive", "gan")
 STAGES = {"diffusion": ("KLAutoencoder", "LatentDiffusion"), "autoregressive": ("VQTokenizer", "DalleTransformer"),
@@ -133,8 +134,6 @@ def _merge(base: dict, override: dict) -> dict:
 
 def caption_tokenizer(recipe: PipelineRecipe, data) -> dict:
     """The tokenizer config the generator is built with: BPE learnt from the captions, or Shapes' words."""
-    from trilemma.text.tokenizer import PromptTokenizer, train_caption_tokenizer
-
     if data.type == "shapes":
         return PromptTokenizer().to_config()
     # Every caption of a folder; a stream's first 50,000 (read without decoding its images).
@@ -166,7 +165,6 @@ def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = 
     first_config, gen_config = TrainConfig.from_dict(first, "first stage"), TrainConfig.from_dict(gen, "generator")
     for config in (first_config, gen_config):  # a size that cannot be built fails now, not after the first stage
         build_model(config)
-    from trilemma.train.loop import latest_checkpoint
 
     with FolderLock(ensure_writable(out), "trilemma train --data"):
         state.write_text(json.dumps({"family": recipe.family, "tokenizer": tokenizer, "first_stage": first,
