@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_seconds  # noqa: E402
 
 import trilemma  # noqa: E402
-from trilemma.checkpoint import _sha256  # noqa: E402
+from trilemma.checkpoint import file_sha256  # noqa: E402
 from trilemma.clip import DEFAULT_CLIP, load_clip
 from trilemma.clip.rerank import CANDIDATE_STRIDE, best_candidate, clip_scores, draw_candidate, generate_reranked
 from trilemma.eval.evaluate import model_key
@@ -266,7 +266,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
                "split": "test", "n_prompts": args.n, "ns": list(NS), "candidate_stride": CANDIDATE_STRIDE,
-               "clip": {"source": args.clip, "folder": str(scorer.folder), "sha256": _sha256(scorer.folder / "model.safetensors")},
+               "clip": {"source": args.clip, "folder": str(scorer.folder), "sha256": file_sha256(scorer.folder / "model.safetensors")},
                "scorer_version": SCORER_VERSION, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                "torch": torch.__version__, "platform": platform.platform(), "models": {}}
     per_model, per_prompt = {}, {}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import trilemma
-from trilemma.checkpoint import _sha256
+from trilemma.checkpoint import file_sha256
 from trilemma.registry import WEIGHTS_DIR, shipped_models
 from trilemma.shapes.scorer import detect
 
@@ -19,7 +19,7 @@ def test_references_the_shipped_clip_by_name_and_hash_and_holds_no_clip_weights(
 
     config = json.loads((WEIGHTS_DIR / "shapes-galip" / "config.json").read_text())["config"]
     assert config["clip"] == "shapes-clip"
-    assert config["clip_sha256"] == _sha256(WEIGHTS_DIR / "shapes-clip" / "model.safetensors")
+    assert config["clip_sha256"] == file_sha256(WEIGHTS_DIR / "shapes-clip" / "model.safetensors")
     with safe_open(str(WEIGHTS_DIR / "shapes-galip" / "model.safetensors"), "pt") as f:
         assert not any(k.startswith("clip.") for k in f.keys())
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import trilemma
-from trilemma.checkpoint import _sha256, read_config
+from trilemma.checkpoint import file_sha256, read_config
 from trilemma.registry import WEIGHTS_DIR, shipped_models
 from trilemma.shapes.scenes import render, sample_scene
 from trilemma.shapes.scorer import detect
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif("shapes-unclip" not in shipped_models(), reason=
 def test_references_the_shipped_clip_and_cascade_by_name_and_hash():
     config = json.loads((WEIGHTS_DIR / "shapes-unclip" / "config.json").read_text())["config"]
     assert config["clip"] == "shapes-clip" and config["sr_from"] == "shapes-imagen"
-    assert config["clip_sha256"] == _sha256(WEIGHTS_DIR / "shapes-clip" / "model.safetensors")
+    assert config["clip_sha256"] == file_sha256(WEIGHTS_DIR / "shapes-clip" / "model.safetensors")
     assert config["sr_sha256"] == read_config(WEIGHTS_DIR / "shapes-imagen")["weights_sha256"]
 
 

@@ -15,26 +15,14 @@ __version__ = "0.1.0"
 def load(name_or_dir: str | Path = None):
     """A model by shipped name (see `trilemma models`), from a checkpoint folder, or from a diffusers pipeline folder
     that `trilemma export` wrote (`trilemma.interop.diffusers_layout`)."""
-    from trilemma.checkpoint import CheckpointError
-    from trilemma.model import TrainableModel
-    from trilemma.registry import DEFAULT_MODEL, shipped_models
+    from trilemma.checkpoint import model_folder
+    from trilemma.interop.diffusers_layout import load_folder
+    from trilemma.registry import DEFAULT_MODEL
 
     name_or_dir = name_or_dir or DEFAULT_MODEL
     if not isinstance(name_or_dir, (str, Path)):
         raise TypeError(f"load takes a shipped model's name or a folder, got {type(name_or_dir).__name__}")
-    shipped = shipped_models()
-    if str(name_or_dir) in shipped:
-        return TrainableModel.from_pretrained(shipped[str(name_or_dir)])
-    path = Path(name_or_dir)
-    if path.exists():
-        from trilemma.interop.diffusers_layout import import_diffusers, is_diffusers_folder
-
-        if is_diffusers_folder(path):
-            return import_diffusers(path)
-        return TrainableModel.from_pretrained(path)
-    raise CheckpointError(
-        f"unknown model {str(name_or_dir)!r}: neither a shipped model ({', '.join(shipped) or 'none shipped'}) nor a folder"
-    )
+    return load_folder(model_folder(name_or_dir))
 
 
 __all__ = ["load", "__version__"]

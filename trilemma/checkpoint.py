@@ -23,6 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trilemma.registry import shipped_models
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
@@ -32,7 +34,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder that is missing files, corrupted, or of an unknown kind."""
 
 
-def _sha256(path: Path) -> str:
+def model_folder(name_or_dir: str | Path) -> Path:
+    """The folder a model argument means: a shipped model by name, else an existing folder; a CheckpointError
+    naming the shipped models if it is neither."""
+    shipped = shipped_models()
+    if str(name_or_dir) in shipped:
+        return shipped[str(name_or_dir)]
+    if Path(name_or_dir).exists():
+        return Path(name_or_dir)
+    raise CheckpointError(
+        f"unknown model {str(name_or_dir)!r}: neither a shipped model ({', '.join(shipped) or 'none shipped'}) nor a folder"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks (weights can be larger than memory likes)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -120,8 +136,8 @@ def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, torc
                 save_file(_unshared(content), tmp / name)
             else:
                 write_json(tmp / name, content)
-        files = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.name != WEIGHTS_NAME}
-        full = dict(config, format_version=FORMAT_VERSION, weights_sha256=_sha256(tmp / WEIGHTS_NAME), files_sha256=files)
+        files = {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.name != WEIGHTS_NAME}
+        full = dict(config, format_version=FORMAT_VERSION, weights_sha256=file_sha256(tmp / WEIGHTS_NAME), files_sha256=files)
         write_json(tmp / CONFIG_NAME, full)
 
     atomic_folder(Path(directory), fill)
@@ -140,7 +156,7 @@ def replace_extra_file(directory: str | Path, name: str, content: dict) -> None:
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
         write_json(tmp / name, content)
-        config["files_sha256"][name] = _sha256(tmp / name)
+        config["files_sha256"][name] = file_sha256(tmp / name)
         write_json(tmp / CONFIG_NAME, config)
 
     atomic_folder(directory, fill)
@@ -186,14 +202,14 @@ def load_checkpoint(directory: str | Path, verify: bool = True) -> tuple[dict, d
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"checkpoint folder {directory} has no {WEIGHTS_NAME}; it is incomplete")
-    if verify and config.get("weights_sha256") and _sha256(weights) != config["weights_sha256"]:
+    if verify and config.get("weights_sha256") and file_sha256(weights) != config["weights_sha256"]:
         raise CheckpointError(f"{weights} is corrupted: its sha256 does not match the one in {CONFIG_NAME}")
     if verify:
         for name, digest in config.get("files_sha256", {}).items():
             path = directory / name
             if not path.is_file():
                 raise CheckpointError(f"checkpoint folder {directory} has no {name}; it is incomplete")
-            if _sha256(path) != digest:
+            if file_sha256(path) != digest:
                 raise CheckpointError(f"{path} is corrupted: its sha256 does not match the one in {CONFIG_NAME}")
     try:
         tensors = load_file(weights)

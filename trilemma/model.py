@@ -8,29 +8,35 @@ The CLI, the evaluation and the benchmarks talk to this interface only.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
 
+from trilemma.pixels import NonFiniteOutput, to_pil  # noqa: F401 (the models' import of them)
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trilemma.data.training import TrainingInputs, TrainingSet
+from trilemma.config import parse_config
+from trilemma.registry import model_class
 
 
 class TrainableModel(nn.Module):
     family: str = ""
     config_class: type = None  # the @dataclass of the model's hyperparameters, which recipes are checked against
 
-    # --- what each model supplies -------------------------------------------
+    # --- config: the model's `config_class` instance, kept as `self.config` ----
     def to_config(self) -> dict:
-        """Every hyperparameter needed to rebuild the model (JSON-able)."""
-        raise NotImplementedError
+        """Every hyperparameter needed to rebuild the model (JSON-able): its config dataclass as a dict."""
+        return asdict(self.config)
 
     @classmethod
     def from_config(cls, config: dict) -> "TrainableModel":
-        raise NotImplementedError
+        """The model that `to_config` describes; a wrong key or type raises ConfigError naming the fix."""
+        return cls(parse_config(cls.config_class, config, "model"))
 
+    # --- what each model supplies -------------------------------------------
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0) -> dict[str, torch.optim.Optimizer]:
         """Named optimizers, stepped in this order each training step (a GAN has two)."""
         params = [p for p in self.parameters() if p.requires_grad]
@@ -94,8 +100,6 @@ class TrainableModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TrainableModel":
-        from trilemma.registry import model_class
-
         config, tensors = load_checkpoint(directory)
         try:
             klass = model_class(config["model_class"])
@@ -134,26 +138,12 @@ class TextToImageModel(TrainableModel):
         raise NotImplementedError
 
 
-class NonFiniteOutput(ValueError):
-    pass
-
-
 def require_generator(model, name) -> "TextToImageModel":
     """`model` if it draws images from text; else one line saying what it is (a first stage, a feature network)."""
     if not isinstance(model, TextToImageModel):
         raise ValueError(f"{name} holds a {type(model).__name__}, which does not draw images from text; "
                          "give a text-to-image model")
     return model
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] to PIL images. Non-finite values (NaN casts to black) raise instead: a black
-    image written with exit status 0 is a wrong success."""
-    if not torch.isfinite(images).all():
-        raise NonFiniteOutput("the model produced non-finite pixel values (NaN or inf): a sampling option is out of range "
-                              "(guidance scale, eta, temperature, truncation...) or the weights are damaged")
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 # What each generation option allows: (kind, low, high, low excluded). One table for the Python API (every

@@ -14,6 +14,8 @@ from contextvars import ContextVar
 
 from tqdm.auto import tqdm
 
+from trilemma.pixels import to_pil
+
 
 def progress(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     """``tqdm(iterable, **kwargs)``, shown when ``enabled`` and the policy above allows."""
@@ -69,8 +71,6 @@ def report_step(desc: str, step: int, total: int, state=None) -> None:
     if state is not None and state.dim() == 4 and (decode is not None or state.shape[1] == 3):
 
         def preview(rows=None):
-            from trilemma.model import to_pil
-
             x = state if rows is None else state[list(rows)]
             x = decode(x) if decode is not None else x
             return to_pil(x[:, :3].float().clamp(-1, 1).nan_to_num(0.0))

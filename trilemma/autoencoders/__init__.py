@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from trilemma.data.sources import build_dataset, parse_data_config
+from trilemma.model import to_pil
 
 
 class ReconstructionPreview:
@@ -16,8 +17,6 @@ class ReconstructionPreview:
         self._preview = preview_samples(training.dataset, self.config.resolution)
 
     def preview(self, prompts: list[str], seed: int = 0):
-        from trilemma.model import to_pil
-
         real, captions = getattr(self, "_preview", None) or preview_samples(None, self.config.resolution)
         recon = self.reconstruct(real.to(next(self.parameters()).device)).cpu()
         return to_pil(torch.cat([real, recon])), captions + ["reconstruction"] * len(captions)

@@ -9,13 +9,12 @@ CPU time the benchmark does not need.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from trilemma.config import parse_config
 from trilemma.autoencoders import ReconstructionPreview
 from trilemma.model import TrainableModel
 
@@ -50,13 +49,6 @@ class KLAutoencoder(ReconstructionPreview, TrainableModel):
             latent_channels=config.latent_channels, norm_num_groups=config.norm_num_groups,
             sample_size=config.resolution, mid_block_add_attention=config.mid_block_attention,
         )
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "KLAutoencoder":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         posterior = self.vae.encode(images).latent_dist

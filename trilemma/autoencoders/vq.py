@@ -13,7 +13,7 @@ reconstruction's at the decoder's last layer, switched on after a warm-up.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,6 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from trilemma.config import parse_config
 from trilemma.autoencoders import ReconstructionPreview
 from trilemma.model import TrainableModel
 
@@ -169,13 +168,6 @@ class VQTokenizer(ReconstructionPreview, TrainableModel):
         # Saved with the weights, so a resumed run knows whether the adversarial warm-up is over.
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         self._last = None
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "VQTokenizer":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     # --- tokens -----------------------------------------------------------------
     def quantize(self, images: torch.Tensor):

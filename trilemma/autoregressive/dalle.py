@@ -15,7 +15,7 @@ function (DALL-E's CLIP reranking); it is never the benchmark's own scorer (see 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
-from trilemma.config import parse_config
 from trilemma.autoencoders.vq import VQTokenizer
 from trilemma.data.training import TrainingInputs
 from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
@@ -72,13 +71,6 @@ class DalleTransformer(TextToImageModel):
         self.vq = vq.requires_grad_(False).eval()  # trained on its own first, then frozen
         self.config.vq = vq.to_config()
         self.resolution = vq.config.resolution
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "DalleTransformer":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def train(self, mode: bool = True):
         super().train(mode)

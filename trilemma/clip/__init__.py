@@ -16,6 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from trilemma.checkpoint import file_sha256
+from trilemma.model import TrainableModel
+from trilemma.registry import WEIGHTS_DIR, shipped_clips
+
 DEFAULT_CLIP = "shapes-clip"
 DEFAULT_NOISE_AWARE_CLIP = {16: "shapes-clip-noised-16"}  # by the guided model's resolution
 
@@ -26,8 +30,6 @@ class CLIPLoadError(ValueError):
 
 def resolve_clip(source: str | Path) -> Path:
     """The folder of a shipped CLIP's name or of a local path; one line naming the fix if neither."""
-    from trilemma.registry import WEIGHTS_DIR
-
     shipped = WEIGHTS_DIR / str(source)
     folder = shipped if "/" not in str(source) and (shipped / "config.json").is_file() else Path(source).expanduser()
     if not folder.is_dir():
@@ -82,7 +84,7 @@ class CLIPScorer(torch.nn.Module):
         """Projected text embeddings (B, D), not normalized (GALIP conditions on them as they are)."""
         enc = self.processor.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         out = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device))
-        return _features(out)
+        return feature_tensor(out)
 
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
         """Unit-norm text embeddings (B, D)."""
@@ -114,7 +116,7 @@ class CLIPScorer(torch.nn.Module):
 
     def embed_images(self, images) -> torch.Tensor:
         """Unit-norm image embeddings (B, D) of PIL images or a [-1, 1] tensor."""
-        return F.normalize(_features(self.model.get_image_features(pixel_values=self.pixel_values(images))), dim=-1)
+        return F.normalize(feature_tensor(self.model.get_image_features(pixel_values=self.pixel_values(images))), dim=-1)
 
     @torch.no_grad()
     def similarity(self, images, prompts: list[str]) -> torch.Tensor:
@@ -122,7 +124,7 @@ class CLIPScorer(torch.nn.Module):
         return (self.embed_images(images) * self.embed_text(prompts)).sum(-1)
 
 
-def _features(out) -> torch.Tensor:
+def feature_tensor(out) -> torch.Tensor:
     """get_*_features returns a tensor in transformers 4, an output object in 5."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -136,10 +138,10 @@ class _TensorFeatures(torch.nn.Module):
         self.model, self.config = model, model.config
 
     def get_image_features(self, pixel_values):
-        return _features(self.model.get_image_features(pixel_values=pixel_values))
+        return feature_tensor(self.model.get_image_features(pixel_values=pixel_values))
 
     def get_text_features(self, input_ids, attention_mask=None):
-        return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        return feature_tensor(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
 _LOADED: dict[str, CLIPScorer] = {}
@@ -149,11 +151,8 @@ def pinned_clip(config) -> CLIPScorer:
     """The frozen CLIP a model names in `config.clip` (a shipped name or a folder), checked against the sha256 it
     was trained with (`config.clip_sha256`, recorded on first use); one line naming the fix if it changed. The
     config keeps a shipped CLIP's name, or the folder's absolute path."""
-    from trilemma.checkpoint import _sha256
-    from trilemma.registry import shipped_clips
-
     folder = resolve_clip(config.clip)
-    digest = _sha256(folder / "model.safetensors")
+    digest = file_sha256(folder / "model.safetensors")
     if config.clip_sha256 is not None and digest != config.clip_sha256:
         raise ValueError(f"{folder}/model.safetensors: sha256 {digest} differs from the {config.clip_sha256} this model "
                          "was trained with; give the CLIP it was trained on")
@@ -190,9 +189,6 @@ _NOISE_AWARE: dict[str, torch.nn.Module] = {}
 
 def load_noise_aware_clip(source: str | Path | None, resolution: int):
     """A noise-aware CLIP (`trilemma.clip.noise_aware`) by shipped name or folder; None: the shipped one for `resolution`."""
-    from trilemma.model import TrainableModel
-    from trilemma.registry import WEIGHTS_DIR
-
     if source is None:
         if resolution not in DEFAULT_NOISE_AWARE_CLIP:
             raise CLIPLoadError(f"no noise-aware CLIP is shipped for {resolution} px images; train one "

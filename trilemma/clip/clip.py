@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from trilemma.checkpoint import save_checkpoint
+from trilemma.clip import feature_tensor
 from trilemma.clip.contrastive import contrastive_loss
 from trilemma.config import parse_config
 from trilemma.model import TrainableModel
@@ -128,13 +130,6 @@ class CLIP(TrainableModel):
             projection_dim=self.config.projection_dim)
         return CLIPModel(hf)
 
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "CLIP":
-        return cls(parse_config(cls.config_class, config, "model"))
-
     # --- the two towers -----------------------------------------------------------
     def _device(self):
         return self.clip.logit_scale.device
@@ -147,14 +142,14 @@ class CLIP(TrainableModel):
         return {k: v.to(self._device()) for k, v in enc.items()}
 
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
-        return F.normalize(_features(self.clip.get_text_features(**self.tokenize(prompts))), dim=-1)
+        return F.normalize(feature_tensor(self.clip.get_text_features(**self.tokenize(prompts))), dim=-1)
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] at the model's resolution (others are resized, bilinear with antialiasing)."""
         if pixels.shape[-1] != self.resolution or pixels.shape[-2] != self.resolution:
             pixels = F.interpolate(pixels, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
                                    align_corners=False)
-        return F.normalize(_features(self.clip.get_image_features(pixel_values=pixels.to(self._device()))), dim=-1)
+        return F.normalize(feature_tensor(self.clip.get_image_features(pixel_values=pixels.to(self._device()))), dim=-1)
 
     def set_tokenizer(self, tokenizer) -> None:
         """Take a CLIPTokenizer (kept in the config, so a checkpoint rebuilds it) and rebuild the towers for its
@@ -193,8 +188,6 @@ class CLIP(TrainableModel):
             raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
 
     def save_pretrained(self, directory, dtype=None, extra_files=None) -> None:
-        from trilemma.checkpoint import save_checkpoint
-
         tensors = self.checkpoint_tensors()
         if dtype is not None:
             tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
@@ -211,11 +204,6 @@ class CLIP(TrainableModel):
             hf["dtype"] = str(dtype).removeprefix("torch.")
         config = {**hf, "family": self.family, "model_class": type(self).__name__, "config": self.to_config()}
         save_checkpoint(directory, config, tensors, files)
-
-
-def _features(out) -> torch.Tensor:
-    """get_*_features returns a tensor in transformers 4, an output object in 5."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def _merges(tokenizer) -> list[list[str]]:

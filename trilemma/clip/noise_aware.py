@@ -21,14 +21,15 @@ sampler takes a gradient function, `trilemma.diffusion.guidance` builds one from
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trilemma.checkpoint import file_sha256
+from trilemma.clip import load_clip
 from trilemma.clip.contrastive import contrastive_loss
-from trilemma.config import parse_config
 from trilemma.model import TrainableModel
 from trilemma.data.training import TrainingInputs
 
@@ -60,15 +61,12 @@ class NoiseAwareCLIP(TrainableModel):
         from diffusers.models.embeddings import TimestepEmbedding, Timesteps
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        from trilemma.clip import load_clip
-        from trilemma.checkpoint import _sha256
-
         self.config = config
         self.resolution = config.resolution
         if config.resolution % config.patch_size:
             raise ValueError(f"NoiseAwareCLIP: resolution {config.resolution} is not a multiple of patch_size {config.patch_size}")
         scorer = load_clip(config.clip)
-        digest = _sha256(scorer.folder / "model.safetensors")
+        digest = file_sha256(scorer.folder / "model.safetensors")
         if config.clip_sha256 is not None and digest != config.clip_sha256:
             raise ValueError(f"the CLIP {config.clip} changed (sha256 {digest[:12]}..., this model was trained with "
                              f"{config.clip_sha256[:12]}...): its joint space is not the one this image tower learnt")
@@ -84,13 +82,6 @@ class NoiseAwareCLIP(TrainableModel):
         self.logit_scale = nn.Parameter(scorer.model.logit_scale.detach().clone().float())
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                                              **config.schedule)
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "NoiseAwareCLIP":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def check_schedule(self, scheduler_config) -> None:
         """Refuse to guide a model whose noise schedule differs from the one this tower learnt x_t under."""

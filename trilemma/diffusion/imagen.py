@@ -19,7 +19,7 @@ each with its own optimizer, so one run can train every stage or only some
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from trilemma.config import parse_config
+from trilemma.clip import load_noise_aware_clip
 from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, inpainting_method, stage_edit
 from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.guidance import gradient_guidance, noise_aware_clip_guide
@@ -176,13 +176,6 @@ class ImagenCascade(TextToImageModel):
         return range(len(self.config.resolutions))
 
     # --- config ---------------------------------------------------------------
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "ImagenCascade":
-        return cls(parse_config(cls.config_class, config, "model"))
-
     def external_prefixes(self) -> tuple[str, ...]:
         return tuple(f"text_encoders.{k}." for k, e in enumerate(self.text_encoders) if isinstance(e, PretrainedTextEncoder))
 
@@ -330,7 +323,6 @@ class ImagenCascade(TextToImageModel):
                       clip_guidance=clip_guidance)
         classifier = None
         if clip_guidance:
-            from trilemma.clip import load_noise_aware_clip
 
             classifier = load_noise_aware_clip(guidance_clip, self.config.resolutions[0])
             classifier.check_schedule(self.noise_scheduler.config)
@@ -383,7 +375,7 @@ class ImagenCascade(TextToImageModel):
             cond = self.encode_text(stage, prompts)
             uncond = self.encode_text(stage, [negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
             # Each stage draws its own noise; (seed, stage, purpose) -> one 63-bit seed, so no two collide.
-            stage_seeds = [_derive_seed(s, stage, 0) for s in seeds]
+            stage_seeds = [derive_seed(s, stage, 0) for s in seeds]
             guide = None
             if stage == 0:
                 denoise = lambda x, t, st, m: self.denoise(0, x, t, st, m)  # noqa: E731
@@ -391,7 +383,7 @@ class ImagenCascade(TextToImageModel):
                     guide = noise_aware_clip_guide(classifier, prompts, clip_guidance)
             else:
                 level = torch.full((len(prompts),), float(aug_level), device=device)
-                low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [_derive_seed(s, stage, 1) for s in seeds], device))
+                low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [derive_seed(s, stage, 1) for s in seeds], device))
                 aug_t = self.aug_timestep(level) if self.config.noise_augmentation else torch.zeros(len(prompts), dtype=torch.long, device=device)
                 denoise = lambda x, t, st, m, low_res=low_res, aug_t=aug_t, stage=stage: self.denoise(stage, x, t, st, m, low_res, aug_t)  # noqa: E731
             scheduler = make_sampler(sampler, self.noise_scheduler.config)
@@ -419,5 +411,7 @@ def _random_crops(size: int, *images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(torch.stack([im[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(zip(top, left))]) for im in images)
 
 
-def _derive_seed(seed: int, stage: int, purpose: int) -> int:
+def derive_seed(seed: int, stage: int, purpose: int) -> int:
+    """One 63-bit seed per (image seed, stage, purpose): SeedSequence hashes the triple, so the streams that a
+    cascade (and UnCLIP's prior) draw never collide, as seed + k would between neighbouring images."""
     return int(np.random.SeedSequence([seed, stage, purpose]).generate_state(1, np.uint64)[0] >> 1)

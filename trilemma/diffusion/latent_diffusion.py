@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from trilemma.config import parse_config
 from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
+from trilemma.clip import DEFAULT_CLIP, load_clip
 from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit, inpainting_method
 from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.guidance import decoded_clip_guide, gradient_guidance
@@ -104,13 +104,6 @@ class LatentDiffusion(TextToImageModel):
     # --- config ---------------------------------------------------------------
     def external_prefixes(self) -> tuple[str, ...]:
         return ("text_encoder.",) if isinstance(self.text_encoder, PretrainedTextEncoder) else ()
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "LatentDiffusion":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     # --- training -------------------------------------------------------------
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
@@ -218,7 +211,6 @@ class LatentDiffusion(TextToImageModel):
         edit = init_edit(init_image, strength, len(prompts), self.resolution)
         clip = None
         if clip_guidance:
-            from trilemma.clip import DEFAULT_CLIP, load_clip
 
             clip = load_clip(guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
         if edit:  # SDEdit starts from the image's latent

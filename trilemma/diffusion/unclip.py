@@ -35,17 +35,19 @@ from diffusers import DDPMScheduler, PriorTransformer
 from torch import nn
 
 from trilemma.checkpoint import read_config
+from trilemma.clip import pinned_clip
 from trilemma.diffusion.editing import init_edit
-from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, _derive_seed
+from trilemma.diffusion.imagen import ImagenCascade, ImagenConfig, derive_seed
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
 from trilemma.diffusion.thresholding import thresholded
 from trilemma.model import check_option, check_prompts, to_pil
+from trilemma.registry import shipped_models
 
 CONDITIONINGS = ("image", "text", "caption")  # what the decoder is given (the paper's ablation, Fig. 16)
 PARTS = ("prior", "decoder")
-PRIOR_STAGE = 101  # the prior's place in _derive_seed's (seed, stage, purpose): apart from the cascade's stages
+PRIOR_STAGE = 101  # the prior's place in derive_seed's (seed, stage, purpose): apart from the cascade's stages
 
 
 @dataclass
@@ -80,8 +82,6 @@ class UnCLIP(ImagenCascade):
     config_class = UnCLIPConfig
 
     def __init__(self, config: UnCLIPConfig):
-        from trilemma.clip import pinned_clip
-
         if config.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning {config.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}")
         if not config.train_parts or any(p not in PARTS for p in config.train_parts):
@@ -252,7 +252,7 @@ class UnCLIP(ImagenCascade):
         denoiser = classifier_free_guidance(network, (states, mask), (null_states, null_mask), guidance_scale)
         best, best_sim = None, None
         for j in range(candidates):
-            z = sample(denoiser, (self._embed_dim,), [_derive_seed(s, PRIOR_STAGE, j) for s in seeds],
+            z = sample(denoiser, (self._embed_dim,), [derive_seed(s, PRIOR_STAGE, j) for s in seeds],
                        self.make_prior_sampler(), steps, device=text.device)
             z = F.normalize(z, dim=-1)
             sim = (z * text).sum(-1)
@@ -320,7 +320,7 @@ class UnCLIP(ImagenCascade):
         denoiser = thresholded(classifier_free_guidance(denoise, cond, uncond, options["guidance_scale"]),
                                scheduler.alphas_cumprod, self.config.prediction_type, options["thresholding"],
                                options["percentile"], options["max_values"][0])
-        image = sample(denoiser, (3, size, size), [_derive_seed(s, 0, 0) for s in seeds], scheduler, options["steps"],
+        image = sample(denoiser, (3, size, size), [derive_seed(s, 0, 0) for s in seeds], scheduler, options["steps"],
                        eta=options["eta"], progress=options["progress"], device=device,
                        **self._stage_edit(0, options.get("edit"), size))
         if options["stages"] == 1:
@@ -361,8 +361,6 @@ class UnCLIP(ImagenCascade):
 
 def _cascade_folder(source: str, what: str) -> tuple[Path, bool]:
     """(folder, whether shipped) of a cascade named by a shipped model's name or a folder; one line if neither."""
-    from trilemma.registry import shipped_models
-
     if source in shipped_models():
         return shipped_models()[source], True
     folder = Path(source).expanduser()

@@ -29,8 +29,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+import trilemma
 from trilemma.checkpoint import write_json
+from trilemma.clip import DEFAULT_CLIP, clip_score, resolve_clip
+from trilemma.grid import image_grid
 from trilemma.model import require_generator
+from trilemma.registry import shipped_clips, shipped_models
 from trilemma.shapes.export import test_prompts
 from trilemma.shapes.scenes import parse_prompt, render, sample_scene
 from trilemma.shapes.scorer import SCORER_VERSION, score_image, summarize
@@ -84,8 +88,6 @@ def rescore(report: dict, cache: Path, progress: bool = True) -> dict | None:
     """A cached report's alignment measured again with this scorer, on the same samples; fidelity and cost
     do not depend on the scorer and are kept. None when the sample cache no longer holds those samples
     (the report's FID was measured on them): then the whole report must be measured again."""
-    import trilemma
-
     model = trilemma.load(report["model"])
     folder = sample_folder(model, report["model"], report["split"], cache)
     if not all((folder / f"{i:06d}.png").is_file() for i in range(report["n"])):
@@ -103,18 +105,12 @@ def real_renders(split: str, n: int, resolution: int = 64) -> list[Image.Image]:
 
 def default_clip() -> str | None:
     """The CLIP that evaluate and compare score with when none is named: shapes-clip once it is shipped, else none."""
-    from trilemma.clip import DEFAULT_CLIP
-    from trilemma.registry import shipped_clips
-
     return DEFAULT_CLIP if DEFAULT_CLIP in shipped_clips() else None
 
 
 def clip_label(source: str | Path) -> str:
     """How a report names a CLIP: a shipped CLIP by its name, any other by its absolute folder. Raises
     CLIPLoadError (a ValueError naming the fix) when `source` is not a CLIP."""
-    from trilemma.clip import resolve_clip
-    from trilemma.registry import shipped_clips
-
     folder = resolve_clip(source)
     return str(source) if str(source) in shipped_clips() else str(folder.resolve())
 
@@ -124,8 +120,6 @@ _WEIGHT_HASHES: dict[tuple, str] = {}
 
 def clip_weights_hash(label: str) -> str:
     """Short hash of a CLIP's model.safetensors: a cached CLIP score from other weights of the same name is stale."""
-    from trilemma.clip import resolve_clip
-
     path = resolve_clip(label) / "model.safetensors"
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -140,8 +134,6 @@ def clip_weights_hash(label: str) -> str:
 
 def measure_clip_score(images: list[Image.Image], prompts: list[str], label: str) -> dict:
     """A report's clip_score entry: torchmetrics' CLIP score (100 * max(cos, 0), averaged) of image i with prompt i."""
-    from trilemma.clip import clip_score
-
     return {"value": clip_score(images, prompts, label), "clip": label, "weights": clip_weights_hash(label), "n": len(images)}
 
 
@@ -156,8 +148,6 @@ def clip_score_current(report: dict, label: str | None) -> bool:
 def add_clip_score(report: dict, label: str, cache: Path, progress: bool = True) -> dict:
     """A cached report with its CLIP score measured on its samples (generating only those the cache lacks);
     fidelity, alignment and cost are kept."""
-    import trilemma
-
     model = trilemma.load(report["model"])
     prompts, images = cached_samples(model, report["model"], report["split"], report["n"], cache, progress=progress)
     return {**report, "clip_score": measure_clip_score(images, prompts, label)}
@@ -253,8 +243,6 @@ def measure_cost(model, name: str | None = None, prompt: str = "a red circle to 
 
 def weights_sha256(name: str) -> str | None:
     """The sha256 of a model's weights file, from its config.json: what a cached report was measured on."""
-    from trilemma.registry import shipped_models
-
     config = Path(shipped_models().get(name, Path(name))) / "config.json"
     try:
         return json.loads(config.read_text()).get("weights_sha256")
@@ -263,15 +251,11 @@ def weights_sha256(name: str) -> str | None:
 
 
 def _cache_complete(name: str, split: str, n: int, cache: Path) -> bool:
-    import trilemma
-
     folder = sample_folder(trilemma.load(name), name, split, cache)
     return all((folder / f"{i:06d}.png").is_file() for i in range(n))
 
 
 def training_minutes(name: str) -> float | None:
-    from trilemma.registry import shipped_models
-
     folder = shipped_models().get(name, Path(name))
     for file, key in (("scores.json", "training_minutes"), ("training.json", "train_seconds")):
         path = Path(folder) / file
@@ -291,7 +275,6 @@ def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = No
     """clip: the CLIP of the CLIP score (and of features="clip"): a shipped CLIP's name or a local CLIP folder;
     None: shapes-clip when shipped, else no CLIP score (the report says null). features: "shapes" (the Shapes
     feature network, or Inception given its weights) or "clip" (the CLIP's image embeddings: FD_CLIP)."""
-    import trilemma
     from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
 
     if features not in FEATURES:
@@ -348,8 +331,6 @@ def report_markdown(r: dict) -> str:
 
 def _card_score(name: str, split: str) -> float | None:
     """A shipped model's pass rate on `split` from its card's scores.json (bench/score_model.py, 500 prompts)."""
-    from trilemma.registry import shipped_models
-
     path = Path(shipped_models().get(name, Path(name))) / "scores.json"
     return json.loads(path.read_text()).get(split) if path.is_file() else None
 
@@ -367,9 +348,6 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    import trilemma
-    from trilemma.grid import image_grid
 
     clip_name = clip_label(clip) if clip is not None else default_clip()  # a bad CLIP fails here, before any work
     out.mkdir(parents=True, exist_ok=True)

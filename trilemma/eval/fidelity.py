@@ -16,12 +16,15 @@ from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from trilemma.clip import feature_tensor, load_clip
+from trilemma.registry import FEATURE_NETWORK, WEIGHTS_DIR
+from trilemma.shapes.features import ShapesFeatureNet
+
 
 def load_feature_network(inception_weights: str | None = None, clip: str | Path | None = None):
     """The shipped Shapes feature network, Inception-v3 (FID's standard) from a local weights file, or the image
     tower of a CLIP (a shipped CLIP's name or a local CLIP folder: FD_CLIP)."""
     if clip is not None:
-        from trilemma.clip import load_clip
 
         if inception_weights:
             raise ValueError("--inception-weights and --features clip name two feature spaces; give one")
@@ -35,8 +38,6 @@ def load_feature_network(inception_weights: str | None = None, clip: str | Path 
         if not Path(inception_weights).is_file():
             raise ValueError(f"no Inception weights file at {inception_weights}")
         return {"feature": 2048, "feature_extractor_weights_path": inception_weights}
-    from trilemma.shapes.features import ShapesFeatureNet
-    from trilemma.registry import FEATURE_NETWORK, WEIGHTS_DIR
 
     folder = WEIGHTS_DIR / FEATURE_NETWORK
     if not (folder / "config.json").is_file():
@@ -61,10 +62,8 @@ class CLIPFeatures(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from trilemma.clip import _features
-
         pixels = self.scorer.pixel_values(images.float() / 127.5 - 1.0)
-        return _features(self.scorer.model.get_image_features(pixel_values=pixels)).double()
+        return feature_tensor(self.scorer.model.get_image_features(pixel_values=pixels)).double()
 
 
 def to_uint8_tensor(images: list[Image.Image], resolution: int | None = None) -> torch.Tensor:

@@ -26,8 +26,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+import trilemma
 from trilemma.checkpoint import write_json
 from trilemma.data.sources import ImageFolder, parse_data_config
+from trilemma.eval.evaluate import clip_label, measure_clip_score
+from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
+from trilemma.grid import image_grid
 from trilemma.model import require_generator
 
 THUMBNAIL = 8
@@ -55,8 +59,6 @@ def folder_images(folder: str | Path, resolution: int, n: int | None = None, see
 
 
 def _metrics(network, real: list[Image.Image], fake: list[Image.Image]) -> dict:
-    from trilemma.eval.fidelity import extract, fid_kid, precision_recall_density_coverage
-
     out = fid_kid(network, real, fake)
     if not isinstance(network, dict):
         out.update(precision_recall_density_coverage(extract(network, real), extract(network, fake), k=3))
@@ -68,11 +70,6 @@ def evaluate_heldout(model_name: str, heldout: str | Path, train: str | Path | N
                      batch_size: int = 32, clip: str | Path | None = None, clip_features: bool = False) -> dict:
     """clip: a CLIP (shipped name or local folder) for the CLIP score, measured only when given; clip_features:
     FID and friends on that CLIP's image embeddings instead of thumbnails or Inception."""
-    import trilemma
-    from trilemma.eval.evaluate import clip_label, measure_clip_score
-    from trilemma.eval.fidelity import load_feature_network
-    from trilemma.grid import image_grid
-
     if clip_features and clip is None:
         raise ValueError("--features clip with --data needs --clip NAME_OR_DIR (a CLIP that knows your images)")
     if clip_features and inception_weights:

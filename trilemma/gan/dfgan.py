@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.config import parse_config
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
 from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.model import TrainableModel, TextToImageModel, check_options, check_prompts, image_seeds, to_pil
@@ -90,7 +89,7 @@ class DFGANConfig:
         return int(math.log2(self.grid)) - 2  # 4 px -> grid
 
 
-def _channels(unit: int, levels: int) -> list[int]:
+def block_channels(unit: int, levels: int) -> list[int]:
     """The code's get_G_in_out_chs: unit * min(2^i, 8), widest at the 4x4 end."""
     return [unit * min(2 ** i, 8) for i in range(levels + 1)][::-1]
 
@@ -151,7 +150,7 @@ def image_decoder(config, cond_dim: int, chs: list[int]) -> tuple[nn.ModuleList,
 class Generator(nn.Module):
     def __init__(self, config: DFGANConfig, sentence_dim: int):
         super().__init__()
-        chs = _channels(config.ngf, config.levels)
+        chs = block_channels(config.ngf, config.levels)
         cond_dim = config.z_dim + sentence_dim
         self.fc = nn.Linear(config.z_dim, chs[0] * 4 * 4)
         self.blocks, self.to_rgb = image_decoder(config, cond_dim, chs)
@@ -184,7 +183,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, config: DFGANConfig, sentence_dim: int):
         super().__init__()
-        chs = _channels(config.ndf, config.levels)[::-1]
+        chs = block_channels(config.ndf, config.levels)[::-1]
         self.conv_img = nn.Conv2d(config.channels, chs[0], 3, 1, 1)
         self.blocks = nn.Sequential(*[DBlock(chs[0], chs[0], downsample=False) for _ in range(config.latent_blocks)],
                                     *(DBlock(a, b) for a, b in zip(chs[:-1], chs[1:])))
@@ -229,13 +228,6 @@ class DFGAN(TextToImageModel):
             raise ValueError(f"the autoencoder is for {autoencoder.config.resolution} px, the GAN for {self.resolution}")
         self.autoencoder = autoencoder.requires_grad_(False).eval()  # trained on its own, then frozen
         self.config.autoencoder = autoencoder.to_config()
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "DFGAN":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def external_prefixes(self) -> tuple[str, ...]:
         return ("text_encoder.",) if isinstance(self.text_encoder, PretrainedTextEncoder) else ()

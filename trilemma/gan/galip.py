@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
+from trilemma.clip import pinned_clip
 from trilemma.data.training import TrainingInputs, TrainingSet
-from trilemma.gan.dfgan import DFGAN, DFBlock, DFGANConfig, _channels, image_decoder
+from trilemma.gan.dfgan import DFGAN, DFBlock, DFGANConfig, block_channels, image_decoder
 from trilemma.gan.dfgan import Discriminator as DFGANDiscriminator
 
 
@@ -160,7 +161,7 @@ class Generator(nn.Module):
         self.to_bridge = nn.Conv2d(config.code_channels, vit.width, 5, 1, 2)
         self.prompt = nn.Linear(cond_dim, vit.width * len(self.prompt_layers))
         levels = int(math.log2(config.grid // g))  # up-sampling blocks from the ViT's grid to the output's
-        chs = _channels(config.ngf, levels)
+        chs = block_channels(config.ngf, levels)
         self.from_bridge = nn.Conv2d(vit.width, chs[0], 5, 1, 2)
         self.blocks, self.to_rgb = image_decoder(config, cond_dim, chs)  # DF-GAN's, as the code's G_Blocks
 
@@ -219,7 +220,6 @@ class GALIP(DFGAN):
 
     def __init__(self, config: GALIPConfig):
         nn.Module.__init__(self)  # DFGAN's networks are replaced, not built
-        from trilemma.clip import pinned_clip
 
         if config.resolution < 8 or config.resolution & (config.resolution - 1):
             raise ValueError(f"resolution must be a power of two of at least 8, not {config.resolution}")

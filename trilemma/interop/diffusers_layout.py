@@ -34,7 +34,11 @@ from pathlib import Path
 
 import torch
 
-from trilemma.checkpoint import CheckpointError, write_json
+from trilemma.checkpoint import CheckpointError, model_folder, write_json
+from trilemma.folders import ensure_writable
+from trilemma.model import TrainableModel
+from trilemma.registry import model_class
+from trilemma.text.tokenizer import SPECIAL_TOKENS, PromptTokenizer
 
 EXPORT_NOTE = "trilemma.json"  # generation defaults diffusers has no place for, read back by `trilemma.load`
 PARTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
@@ -44,13 +48,12 @@ SAMPLER_CLASSES = {"dpmsolver++": "DPMSolverMultistepScheduler", "ddim": "DDIMSc
 
 def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
     """Write the model as a diffusers pipeline folder; returns the folder. One clear ValueError when it cannot."""
-    import trilemma
+    # The families' modules are imported here, not at the top: trilemma.load reads every folder through this module.
     from trilemma.diffusion.inpainting import LatentInpainting
     from trilemma.diffusion.latent_diffusion import LatentDiffusion
-    from trilemma.folders import ensure_writable
     from trilemma.text.encoder import TransformerTextEncoder
 
-    model = trilemma.load(model_name)
+    model = load_folder(model_folder(model_name))  # what trilemma.load does (calling it would be a cycle: it imports this module)
     if type(model).__name__ == "UnCLIP":
         return export_unclip_prior(model, model_name, out)
     if not isinstance(model, LatentDiffusion):
@@ -67,8 +70,6 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{model_name} uses a frozen pretrained text encoder; exporting it is not supported yet")
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
     from transformers import PreTrainedTokenizerFast
-
-    from trilemma.text.tokenizer import SPECIAL_TOKENS
 
     out = ensure_writable(out)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=model.tokenizer._tok, model_max_length=model.tokenizer.max_length,
@@ -107,8 +108,6 @@ def export_unclip_prior(model, model_name, out: str | Path) -> Path:
     (`prior_text_proj.safetensors`) and what trilemma feeds it (`trilemma.json`). No diffusers pipeline loads the
     whole model (its decoder is trilemma's), so there is no model_index.json."""
     from safetensors.torch import save_file
-
-    from trilemma.folders import ensure_writable
 
     out = ensure_writable(out)
     model.prior.save_pretrained(out / "prior", safe_serialization=True)
@@ -164,12 +163,15 @@ def is_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file() and not (path / "config.json").is_file()
 
 
+def load_folder(path: Path):
+    """The model in a folder (`trilemma.load`'s last step): a diffusers pipeline folder, else a trilemma checkpoint."""
+    return import_diffusers(path) if is_diffusers_folder(path) else TrainableModel.from_pretrained(path)
+
+
 def import_diffusers(path: str | Path):
     """A trilemma latent diffusion model (or inpainting model) from a diffusers pipeline folder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoConfig, AutoModelForTextEncoding, PreTrainedTokenizerFast
-
-    from trilemma.text.tokenizer import PromptTokenizer
 
     path = Path(path)
     for part in PARTS:
@@ -225,7 +227,6 @@ def import_diffusers(path: str | Path):
         PromptTokenizer(max_length=max_length, bpe=config["tokenizer"]["bpe"])
     except Exception as e:  # tokenizers raises plain Exceptions for a damaged tokenizer.json
         raise CheckpointError(f"{path}: its tokenizer cannot be trilemma's ({e})") from None
-    from trilemma.registry import model_class
 
     klass = model_class("LatentInpainting" if inpainting else "LatentDiffusion")
     model = klass.from_config(config)

@@ -11,14 +11,13 @@ monotonically as images are blurred, noised or lose objects.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.config import parse_config
 from trilemma.shapes.scenes import COLORS, SHAPES
 from trilemma.data.training import TrainingInputs
 from trilemma.shapes.dataset import ShapesDataset
@@ -69,13 +68,6 @@ class ShapesFeatureNet(TrainableModel):
         self.proj = nn.Linear(c_in, config.num_features)
         self.head = nn.Linear(config.num_features, N_TARGETS)
         self.num_features = config.num_features  # what torchmetrics reads to size its statistics
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "ShapesFeatureNet":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x in [-1, 1]; images of another size are resized to the training resolution."""

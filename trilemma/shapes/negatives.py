@@ -8,7 +8,7 @@ import copy
 
 import numpy as np
 
-from trilemma.shapes.scenes import _INVERSE, COLORS, SHAPES, Scene
+from trilemma.shapes.scenes import INVERSE_RELATION, COLORS, SHAPES, Scene
 
 
 def hard_negative(scene: Scene, rng: np.random.Generator) -> Scene:
@@ -16,7 +16,7 @@ def hard_negative(scene: Scene, rng: np.random.Generator) -> Scene:
     neg = copy.deepcopy(scene)
     o = neg.objects
     if scene.category == "position" and rng.random() < 0.5:
-        neg.relation = _INVERSE[scene.relation]
+        neg.relation = INVERSE_RELATION[scene.relation]
         return neg
     if scene.category == "count":
         n = int(rng.choice([k for k in (2, 3, 4) if k != len(o)]))

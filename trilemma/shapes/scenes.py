@@ -41,7 +41,7 @@ SPLITS = ("train", "test", "test-novel")
 _SPLIT_CODE = {"train": 0, "test": 1, "test-novel": 2}
 CATEGORY_MIX = (("single", 0.2), ("pair", 0.3), ("count", 0.2), ("position", 0.3))
 RELATIONS = ("left", "right", "above", "below")
-_INVERSE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+INVERSE_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}
 COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 
 # Wordings. The first is canonical; the others appear in training captions and
@@ -119,7 +119,7 @@ class Scene:
             return f"{number} {o[0].color} {o[0].shape}s"
         a, b, rel = o[0], o[1], self.relation
         if rng.random() < 0.5:  # "A left of B" says the same as "B right of A"
-            a, b, rel = b, a, _INVERSE[rel]
+            a, b, rel = b, a, INVERSE_RELATION[rel]
         words = RELATION_WORDS[rel]
         return f"{a.phrase(art())} {words[rng.integers(len(words))]} {b.phrase(art())}"
 

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.clip.contrastive import contrastive_loss
-from trilemma.config import parse_config
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
 from trilemma.model import TrainableModel
 from trilemma.data.training import TrainingInputs, TrainingSet
@@ -77,13 +76,6 @@ class SentenceMatching(TrainableModel):
             nn.Flatten(), nn.Linear(c * math.ceil(grid / 2) ** 2, config.embed_dim))
         self.text_projection = nn.Linear(self.text_encoder.hidden_size, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def to_config(self) -> dict:
-        return asdict(self.config)
-
-    @classmethod
-    def from_config(cls, config: dict) -> "SentenceMatching":
-        return cls(parse_config(cls.config_class, config, "model"))
 
     def train(self, mode: bool = True):
         super().train(mode)

