@@ -51,7 +51,7 @@ def test_dynamic_thresholding_is_a_generate_option():
     model = ImagenCascade.from_config(TINY_IMAGEN)
     images = {m: model.generate(["a red circle"], seed=1, thresholding=m, guidance_scale=20.0)[0] for m in ("none", "dynamic")}
     assert images["none"].tobytes() != images["dynamic"].tobytes()
-    with pytest.raises(ValueError, match="unknown thresholding"):
+    with pytest.raises(ValueError, match="thresholding must be one of none, static, dynamic"):  # its declaration
         model.generate(["a red circle"], thresholding="soft")
 
 

@@ -19,6 +19,10 @@ import os
 import sys
 from pathlib import Path
 
+from trilemma.diffusion.options import RESAMPLE, SAMPLER
+from trilemma.gan.options import TRUNCATION
+from trilemma.options import BATCH_SIZE, CANDIDATES, GUIDANCE_SCALE, NEGATIVE_PROMPT, SEED, STEPS
+
 
 def _positive(kind, most: int | None = None):
     def parse(text):
@@ -29,18 +33,44 @@ def _positive(kind, most: int | None = None):
     return parse
 
 
-def _option(name: str):
-    """An argument type from the API's table of generation options (trilemma.model.GENERATE_OPTIONS)."""
+def _checked(option):
+    """An argument type from an option's declaration (trilemma.options.Option): its type and range, checked by it."""
     def parse(text):
-        from trilemma.model import GENERATE_OPTIONS, check_option
-
         try:
-            value = int(text) if GENERATE_OPTIONS[name][0] == "int" else float(text)
-            return check_option(name, value)
+            value = text if option.type is str else int(text) if option.type is int else float(text)
+            return option.check(value)
         except ValueError as e:
-            message = str(e) if str(e).startswith(name) else f"must be a number, got {text!r}"
-            raise argparse.ArgumentTypeError(message.removeprefix(name + " ")) from None
+            message = str(e) if str(e).startswith(option.name) else f"must be a number, got {text!r}"
+            raise argparse.ArgumentTypeError(message.removeprefix(option.name + " ")) from None
     return parse
+
+
+def _add_option(parser, option, default=None, help: str | None = None, **extra) -> None:
+    """A flag built from an option's declaration: its name, type, range and choices, and its help with the range."""
+    bounds = "" if option.choices or option.low is None else f", in {option.bounds()}"
+    text = f"{option.help if help is None else help}{bounds}"
+    if option.choices:
+        parser.add_argument(option.flag, choices=option.choices, default=default, help=text, **extra)
+    else:
+        parser.add_argument(option.flag, type=_checked(option), default=default, help=text,
+                            metavar=option.metavar or option.name.upper(), **extra)
+
+
+# Options that `generate` sets itself rather than handing to the model as they are: --seed is the first image's (image
+# k gets seed + k), --batch-size the command's own chunking.
+CLI_OWN = ("seed", "batch_size")
+
+
+def model_options() -> dict[str, tuple]:
+    """Each generation option of the registered models, by name: (its declaration, the classes that take it), from
+    the light declaration modules (trilemma.registry.generate_options), so `--help` imports no model."""
+    from trilemma.registry import GENERATE_OPTIONS, generate_options
+
+    found = {}
+    for class_name in GENERATE_OPTIONS:
+        for option in generate_options(class_name):
+            found.setdefault(option.name, (option, []))[1].append(class_name)
+    return {name: (option, tuple(classes)) for name, (option, classes) in found.items()}
 
 
 MAX_IMAGES_PER_PROMPT, MAX_IMAGES_PER_RUN, MAX_PROMPTS_FILE_MB = 10_000, 1_000_000, 50
@@ -61,18 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--split", default="train")
     prev.add_argument("--n", type=_positive(int, 1000), default=24, help="scenes (at most 1000)")
     prev.add_argument("--resolution", type=_positive(int, 1024), default=64, help="pixels (at most 1024)")
-    prev.add_argument("--seed", type=_option("seed"), default=0)
+    prev.add_argument("--seed", type=_checked(SEED), default=0)
     prev.add_argument("--out", default="shapes-preview.png")
     exp = data.add_parser("export", help="write an image folder with metadata.jsonl")
     exp.add_argument("--split", default="test")
     exp.add_argument("--n", type=_positive(int, 1_000_000), default=1000, help="images (at most 1,000,000)")
     exp.add_argument("--resolution", type=_positive(int, 1024), default=64, help="pixels (at most 1024)")
-    exp.add_argument("--seed", type=_option("seed"), default=0)
+    exp.add_argument("--seed", type=_checked(SEED), default=0)
     exp.add_argument("--out", required=True)
     pr = data.add_parser("prompts", help="write the canonical prompts of a split, one a line")
     pr.add_argument("--split", default="test")
     pr.add_argument("--n", type=_positive(int, 1_000_000), default=500, help="prompts (at most 1,000,000)")
-    pr.add_argument("--seed", type=_option("seed"), default=0)
+    pr.add_argument("--seed", type=_checked(SEED), default=0)
     pr.add_argument("--out", default="-")
 
     tr = sub.add_parser("train", help="train a model: from your images in one command (--data, --family), or from a recipe",
@@ -99,42 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="a shipped model name or a checkpoint folder (default: the default model)")
     gen.add_argument("-n", "--num-images", type=_positive(int, MAX_IMAGES_PER_PROMPT), default=1,
                      help=f"images per prompt (at most {MAX_IMAGES_PER_PROMPT})")
-    gen.add_argument("--seed", type=_option("seed"), default=0)
-    gen.add_argument("--steps", type=_option("steps"), help="sampling steps (at most 1000)")
-    gen.add_argument("--guidance-scale", type=_option("guidance_scale"), help="classifier-free guidance, in [0, 100]")
-    gen.add_argument("--sampler", help="ddpm, ddim or dpmsolver++")
-    gen.add_argument("--eta", type=_option("eta"), help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
-    gen.add_argument("--thresholding", choices=["none", "static", "dynamic"], help="pixel models: Imagen's x0 thresholding")
-    gen.add_argument("--threshold-percentile", type=_option("threshold_percentile"),
-                     help="pixel models: dynamic thresholding's percentile p of |x0| (default 0.95, DeepFloyd IF's)")
-    gen.add_argument("--threshold-max-value", type=_option("threshold_max_value"),
-                     help="pixel models: cap on dynamic thresholding's s in every stage (default: 1.5 base, 1.0 SR, "
-                          "as DeepFloyd IF; inf: uncapped, Imagen's pseudocode)")
-    gen.add_argument("--aug-level", type=_option("aug_level"), help="cascades: noise level of the SR stages' low-resolution input")
-    gen.add_argument("--sr-steps", type=_option("sr_steps"), help="cascades: sampling steps of each SR stage")
-    gen.add_argument("--temperature", type=_option("temperature"), help="autoregressive models: sampling temperature")
-    gen.add_argument("--top-k", type=_option("top_k"), help="autoregressive models: keep the k likeliest tokens")
-    gen.add_argument("--top-p", type=_option("top_p"), help="autoregressive models: nucleus sampling mass")
-    gen.add_argument("--truncation", type=_option("truncation"), help="GANs: draw z from a normal truncated to [-t, t]")
-    gen.add_argument("--clip-guidance", type=_option("clip_guidance"), metavar="SCALE",
-                     help="diffusion models: CLIP guidance (GLIDE) of this scale, with or without classifier-free "
-                          "guidance; pixel models use a noise-aware CLIP, latent models a CLIP on the decoded x0")
-    gen.add_argument("--guidance-clip", metavar="NAME_OR_DIR",
-                     help="with --clip-guidance: the CLIP that steers (default: shapes-clip-noised-16 for the pixel "
-                          "cascade's 16 px base, shapes-clip for latent models)")
-    gen.add_argument("--prior-guidance-scale", type=_option("prior_guidance_scale"),
-                     help="unCLIP: classifier-free guidance of the prior (text -> CLIP image embedding), in [0, 100]")
-    gen.add_argument("--prior-steps", type=_option("prior_steps"), help="unCLIP: the prior's sampling steps")
-    gen.add_argument("--prior-candidates", type=_option("prior_candidates"), metavar="K",
-                     help="unCLIP: draw K image embeddings and keep the one nearest the text embedding (the paper's trick)")
-    gen.add_argument("--conditioning", choices=["image", "text", "caption"],
-                     help="unCLIP: decode the prior's image embedding (default), the CLIP text embedding, or the caption alone")
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--init-image", metavar="IMAGE", help="diffusion models: image-to-image (SDEdit) from this PNG or JPEG")
-    gen.add_argument("--strength", type=_option("strength"),
-                     help="with --init-image: how far into the noise the image goes, in (0, 1] (default 0.6; 1: ignore it)")
-    gen.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
-    gen.add_argument("--rerank", type=_option("candidates"), metavar="N",
+    gen.add_argument("--seed", type=_checked(SEED), default=0)
+    # One flag per declared option of the registered models (trilemma.options), default None: the model's own.
+    for name, (option, classes) in model_options().items():
+        if name not in CLI_OWN:
+            _add_option(gen, option, help=f"{option.help} ({', '.join(classes)})")
+    gen.add_argument("--init-image", metavar="IMAGE", help="diffusion models: image-to-image (SDEdit) from this PNG or JPEG "
+                                                           "(--strength: how far into the noise it goes)")
+    gen.add_argument("--batch-size", type=_checked(BATCH_SIZE), default=50, help="images per forward pass (at most 1024)")
+    gen.add_argument("--rerank", type=_checked(CANDIDATES), metavar="N",
                      help="CLIP reranking (DALL-E's): draw N candidates per image (at most 64) and keep the one CLIP "
                           "scores highest against its prompt; N times the sampling cost")
     gen.add_argument("--clip", metavar="NAME_OR_DIR", help="with --rerank: the CLIP that chooses, a shipped CLIP's name or "
@@ -151,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="unCLIP: interpolate between two images' CLIP image embeddings (slerp), decoded with one seed")
     it.add_argument("--model", required=True)
     it.add_argument("--steps", type=_positive(int, 256), default=8, help="images in the strip (at most 256)")
-    it.add_argument("--seed", type=_option("seed"), default=0, help="z of the first end; the second end's z is seed + 1")
+    it.add_argument("--seed", type=_checked(SEED), default=0, help="z of the first end; the second end's z is seed + 1")
     it.add_argument("--mode", choices=["both", "text", "z"], default="both",
                     help="move the sentence embedding, z (spherically), or both")
-    it.add_argument("--truncation", type=_option("truncation"))
+    it.add_argument("--truncation", type=_checked(TRUNCATION))
     it.add_argument("--out", default="out")
 
     ed = sub.add_parser("edit", help="inpainting: redraw the masked region of an image to match a prompt (diffusion models)")
@@ -170,17 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "inpainting model, or the default model)")
     ed.add_argument("--method", choices=["model", "repaint"],
                     help="model: an inpainting model reads the mask (its default); repaint: any diffusion model, training-free")
-    ed.add_argument("--resample", type=_option("resample"), default=1,
-                    help="repaint: RePaint's resamplings per step (above 1 needs --sampler ddpm or ddim)")
+    _add_option(ed, RESAMPLE, default=1, help="repaint: RePaint's resamplings per step (above 1 needs --sampler ddpm or ddim)")
     ed.add_argument("-n", "--num-images", type=_positive(int, 1000), default=1, help="images (at most 1000)")
-    ed.add_argument("--seed", type=_option("seed"), default=0)
-    ed.add_argument("--steps", type=_option("steps"))
-    ed.add_argument("--guidance-scale", type=_option("guidance_scale"))
-    ed.add_argument("--sampler", choices=["ddpm", "ddim", "dpmsolver++"])
-    ed.add_argument("--negative-prompt", default="")
+    ed.add_argument("--seed", type=_checked(SEED), default=0)
+    for option in (STEPS, GUIDANCE_SCALE, SAMPLER):  # the same declarations as generate's
+        _add_option(ed, option)
+    _add_option(ed, NEGATIVE_PROMPT, default="")
     ed.add_argument("--keep-unmasked", action="store_true",
                     help="paste the input's pixels back outside the mask (otherwise they pass through the autoencoder)")
-    ed.add_argument("--batch-size", type=_option("batch_size"), default=50)
+    ed.add_argument("--batch-size", type=_checked(BATCH_SIZE), default=50)
     ed.add_argument("--out", default="out")
 
     ex = sub.add_parser("export", help="write a model in another library's layout (diffusers)")
@@ -191,12 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     va = sub.add_parser("vary", help="unCLIP: variations of images (their CLIP image embedding, decoded with other seeds)")
     va.add_argument("images", nargs="+", metavar="IMAGE")
     va.add_argument("--model", default="shapes-unclip", help="an unCLIP model: shipped name or folder (default shapes-unclip)")
-    va.add_argument("-n", "--num-images", type=_option("candidates"), default=4, help="variations per image (at most 64)")
-    va.add_argument("--seed", type=_option("seed"), default=0, help="variation k of image i uses seed + i x n + k")
+    va.add_argument("-n", "--num-images", type=_checked(CANDIDATES), default=4, help="variations per image (at most 64)")
+    va.add_argument("--seed", type=_checked(SEED), default=0, help="variation k of image i uses seed + i x n + k")
     va.add_argument("--caption", help="also give the decoder this caption (default: the image embedding alone)")
-    va.add_argument("--steps", type=_option("steps"), help="the decoder's sampling steps")
-    va.add_argument("--guidance-scale", type=_option("guidance_scale"), help="the decoder's classifier-free guidance")
-    va.add_argument("--batch-size", type=_option("batch_size"), default=50, help="images per forward pass (at most 1024)")
+    _add_option(va, STEPS, help="the decoder's sampling steps")
+    _add_option(va, GUIDANCE_SCALE, help="the decoder's classifier-free guidance")
+    va.add_argument("--batch-size", type=_checked(BATCH_SIZE), default=50, help="images per forward pass (at most 1024)")
     va.add_argument("--out", default="out")
 
     ev = sub.add_parser("evaluate", help="[Shapes benchmark, or your held-out images with --data] alignment, FID/KID, "
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "shipped; with --data, no CLIP score unless given)")
     ev.add_argument("--features", choices=["shapes", "clip"], default="shapes",
                     help="FID/KID/P/R/D/C on the Shapes feature network (default) or the CLIP's image embeddings (FD_CLIP)")
-    ev.add_argument("--seed", type=_option("seed"), default=0)
+    ev.add_argument("--seed", type=_checked(SEED), default=0)
 
     cm = sub.add_parser("compare", help="[Shapes benchmark] evaluate several models and write one table, plots and a "
                                         "side-by-side grid")
@@ -393,27 +394,16 @@ def cmd_generate(args) -> None:
     init_image = _read_images([args.init_image])[0] if args.init_image else None  # before the model loads
     out = ensure_writable(args.out)
     model = require_generator(trilemma.load(args.model), args.model)
-    options = {k: v for k, v in {"steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": args.sampler,
-                                 "eta": args.eta, "thresholding": args.thresholding, "aug_level": args.aug_level,
-                                 "threshold_percentile": args.threshold_percentile,
-                                 "threshold_max_value": args.threshold_max_value,
-                                 "sr_steps": args.sr_steps, "temperature": args.temperature, "top_k": args.top_k,
-                                 "top_p": args.top_p, "truncation": args.truncation,
-                                 "clip_guidance": args.clip_guidance, "guidance_clip": args.guidance_clip,
-                                 "prior_guidance_scale": args.prior_guidance_scale, "prior_steps": args.prior_steps,
-                                 "prior_candidates": args.prior_candidates, "conditioning": args.conditioning}.items()
-               if v is not None}
-    if args.negative_prompt:
-        options["negative_prompt"] = args.negative_prompt
+    # The declared options given on the command line (an empty text counts as not given: the model's default).
+    options = {name: getattr(args, name) for name in model_options() if name not in CLI_OWN
+               and getattr(args, name) not in (None, "")}
     if args.init_image:
         options["init_image"] = init_image
-        if args.strength is not None:
-            options["strength"] = args.strength
     if init_image is not None:  # refused before metadata.jsonl is rewritten: a previous run's stays whole
         steps = args.steps or getattr(getattr(model, "config", None), "sampling_steps", None)
         if steps and int(steps * (args.strength if args.strength is not None else 0.6)) < 1:
             raise ValueError(f"--strength {args.strength} x {steps} steps leaves no denoising step; raise --strength or --steps")
-    accepted = inspect.signature(model.generate).parameters
+    accepted = {o.name for o in getattr(model, "generate_options", ())} | set(inspect.signature(model.generate).parameters)
     unsupported = [k for k in options if k not in accepted]
     if unsupported:
         flags = ", ".join("--" + k.replace("_", "-") for k in unsupported)
@@ -426,10 +416,8 @@ def cmd_generate(args) -> None:
     jobs = [(p, args.seed + k) for k, p in enumerate(p for p in prompts for _ in range(args.num_images))]
     if scorer is not None:
         from trilemma.clip.rerank import CANDIDATE_STRIDE
-        from trilemma.model import check_option
-
         try:
-            check_option("seed", jobs[-1][1] + (args.rerank - 1) * CANDIDATE_STRIDE)
+            SEED.check(jobs[-1][1] + (args.rerank - 1) * CANDIDATE_STRIDE)
         except ValueError:
             raise ValueError(f"--seed {args.seed} is too large for --rerank {args.rerank} (candidate j of image k uses seed "
                              f"--seed + k + j x {CANDIDATE_STRIDE:,}); use a smaller --seed") from None
@@ -554,7 +542,7 @@ def cmd_edit(args) -> None:
         done = []
         for start in range(0, n, args.batch_size):
             k = min(args.batch_size, n - start)
-            batch = model.inpaint([args.prompt] * k, image, mask, seed=args.seed + start, negative_prompt=args.negative_prompt,
+            batch = model.inpaint([args.prompt] * k, image, mask, seed=args.seed + start, negative_prompt=args.negative_prompt or "",
                                   resample=args.resample, **options)
             for j, result in enumerate(batch, start=start):
                 if args.keep_unmasked:

@@ -20,6 +20,7 @@ from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.config import parse_config
 from trilemma.registry import model_class
+from trilemma.options import GenerateOptions, Option, check_seed, parse_options
 
 
 class TrainableModel(nn.Module):
@@ -123,10 +124,19 @@ class TrainableModel(nn.Module):
 
 class TextToImageModel(TrainableModel):
     resolution: int = 64
+    # What `generate` takes besides prompts and seed, declared once (trilemma.options): the command line's flags and
+    # the server's request fields are derived from it, and `parse_options` checks a call's against it.
+    generate_options: tuple[Option, ...] = ()
+
+    @classmethod
+    def parse_options(cls, **options) -> GenerateOptions:
+        """The frozen options object of a call's keyword arguments (None: the default): each checked against its
+        declaration, an unknown name refused in one line naming the ones this class takes."""
+        return parse_options(cls.generate_options, cls.__name__, **options)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], seed: int = 0, **kwargs) -> list[Image.Image]:
-        """One PIL image per prompt; the same seed gives the same bytes."""
+    def generate(self, prompts: list[str], seed: int = 0, **options) -> list[Image.Image]:
+        """One PIL image per prompt; the same seed gives the same bytes. `options`: those of `generate_options`."""
         raise NotImplementedError
 
     def preview(self, prompts: list[str], seed: int = 0) -> tuple[list[Image.Image], list[str]]:
@@ -146,49 +156,6 @@ def require_generator(model, name) -> "TextToImageModel":
     return model
 
 
-# What each generation option allows: (kind, low, high, low excluded). One table for the Python API (every
-# model's generate checks its arguments against it) and the command line (its argument types come from it).
-INF = float("inf")
-GENERATE_OPTIONS = {
-    "seed": ("int", 0, 2**62 - 1, False),
-    "steps": ("int", 1, 1000, False), "sr_steps": ("int", 1, 1000, False), "stages": ("int", 1, 8, False),
-    "batch_size": ("int", 1, 1024, False), "top_k": ("int", 1, 1_000_000, False), "candidates": ("int", 1, 64, False),
-    "guidance_scale": ("float", 0.0, 100.0, False), "sr_guidance_scale": ("float", 0.0, 100.0, False),
-    "eta": ("float", 0.0, 1.0, False), "aug_level": ("float", 0.0, 1.0, False),
-    "threshold_percentile": ("float", 0.0, 1.0, True), "threshold_max_value": ("float", 1.0, INF, False),
-    "clip_guidance": ("float", 0.0, 10000.0, False),
-    "strength": ("float", 0.0, 1.0, True), "resample": ("int", 1, 50, False),
-    "prior_guidance_scale": ("float", 0.0, 100.0, False), "prior_steps": ("int", 1, 1000, False),
-    "prior_candidates": ("int", 1, 64, False),
-    "temperature": ("float", 0.0, 100.0, True), "top_p": ("float", 0.0, 1.0, True), "truncation": ("float", 0.0, 100.0, True),
-}
-
-
-def check_option(name: str, value):
-    """`value` if it is what option `name` allows (an int or a finite float in its range), else a ValueError
-    whose one line names the option, the value and the range."""
-    kind, low, high, low_open = GENERATE_OPTIONS[name]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "int":
-        ok = number and float(value).is_integer() and low <= value <= high
-        if ok:
-            return int(value)
-        raise ValueError(f"{name} must be a whole number in [{low}, {'2^62 - 1' if high == 2**62 - 1 else high}], got {value!r}")
-    ok = number and value == value and (value != INF or high == INF) and low <= value <= high and not (low_open and value == low)
-    if ok:
-        return float(value)
-    bound = f"{'(' if low_open else '['}{low}, {high}{')' if high == INF else ']'}"
-    raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
-
-
-def check_options(**options) -> None:
-    """check_option for every option given (None: the model's default); a list of seeds is checked seed by seed."""
-    for name, value in options.items():
-        if name == "seed" and isinstance(value, (list, tuple)):
-            for s in value:
-                check_option("seed", s)
-        elif value is not None or name == "seed":  # every other option has a default that None stands for
-            check_option(name, value)
 
 
 def image_seeds(seed, n: int) -> list[int]:
@@ -198,8 +165,8 @@ def image_seeds(seed, n: int) -> list[int]:
     if isinstance(seed, (list, tuple)):
         if len(seed) != n:
             raise ValueError(f"{len(seed)} seeds for {n} images; give one seed, or one per image")
-        return [check_option("seed", s) for s in seed]
-    seed = check_option("seed", seed)
+        return [check_seed(s) for s in seed]
+    seed = check_seed(seed)
     return [seed + i for i in range(n)]
 
 

@@ -39,6 +39,28 @@ DATA_SOURCES = {
 DEFAULT_DATA_SOURCE = "shapes"
 
 
+# What each generating class's `generate` takes, the same tuple as its `generate_options`, named here so that the
+# command line's --help and the server's request fields read the declarations without importing torch or a model
+# (a family's options live in a light module beside its models; a test checks that both point to one tuple).
+GENERATE_OPTIONS = {
+    "LatentDiffusion": "trilemma.diffusion.options:LATENT_DIFFUSION",
+    "LatentInpainting": "trilemma.diffusion.options:LATENT_DIFFUSION",
+    "ImagenCascade": "trilemma.diffusion.options:IMAGEN",
+    "UnCLIP": "trilemma.diffusion.options:UNCLIP",
+    "DalleTransformer": "trilemma.autoregressive.options:DALLE",
+    "DFGAN": "trilemma.gan.options:GAN",
+    "GALIP": "trilemma.gan.options:GAN",
+}
+
+
+def generate_options(name: str) -> tuple:
+    """The declared generation options (trilemma.options.Option) of model class `name`; () if it draws nothing."""
+    if name not in GENERATE_OPTIONS:
+        return ()
+    module, _, attr = GENERATE_OPTIONS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def _lookup(table: dict[str, str], name: str, what: str):
     if name not in table:
         close = difflib.get_close_matches(name, table, n=1)

@@ -25,8 +25,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
 from trilemma.autoencoders.vq import VQTokenizer
+from trilemma.autoregressive.options import DALLE
 from trilemma.data.training import TrainingInputs
-from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
+from trilemma.model import TextToImageModel, check_prompts, image_seeds, to_pil
+from trilemma.options import CANDIDATES
 from trilemma.progress import progress as progress_bar
 from trilemma.progress import report_step
 from trilemma.text.tokenizer import PromptTokenizer
@@ -50,6 +52,7 @@ class DalleConfig:
 class DalleTransformer(TextToImageModel):
     family = "autoregressive"
     config_class = DalleConfig
+    generate_options = DALLE
 
     def __init__(self, config: DalleConfig):
         super().__init__()
@@ -122,13 +125,15 @@ class DalleTransformer(TextToImageModel):
 
     # --- sampling ---------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts, seed: int = 0, guidance_scale: float | None = None, temperature: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, batch_size: int = 64, use_cache: bool = True,
-                 candidates: int = 1, reranker: Callable | None = None, progress: bool = False):
-        """One image per prompt. With `candidates` > 1, `reranker(images, prompts) -> scores` keeps the best."""
+    def generate(self, prompts, seed: int = 0, use_cache: bool = True, candidates: int = 1,
+                 reranker: Callable | None = None, progress: bool = False, **options):
+        """One image per prompt. With `candidates` > 1, `reranker(images, prompts) -> scores` keeps the best.
+        `options`: guidance_scale, temperature, top_k, top_p, batch_size (`generate_options`)."""
         prompts = check_prompts(prompts)
-        check_options(seed=seed, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-                      batch_size=batch_size, candidates=candidates)
+        given = self.parse_options(**options)
+        guidance_scale, temperature, top_k, top_p = given.guidance_scale, given.temperature, given.top_k, given.top_p
+        batch_size = given.batch_size
+        candidates = CANDIDATES.check(candidates)
         if candidates < 1:
             raise ValueError("candidates must be at least 1")
         if candidates > 1 and reranker is None:

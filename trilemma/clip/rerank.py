@@ -27,10 +27,11 @@ import torch
 from PIL import Image
 
 from trilemma.clip import DEFAULT_CLIP, CLIPScorer, load_clip
-from trilemma.model import GENERATE_OPTIONS, check_option, check_prompts
+from trilemma.model import check_prompts
+from trilemma.options import CANDIDATES, check_seed
 
 CANDIDATE_STRIDE = 10**9  # seed distance between candidates; more prompts than this in one call would overlap
-MAX_CANDIDATES = GENERATE_OPTIONS["candidates"][2]  # 64
+MAX_CANDIDATES = CANDIDATES.high  # 64
 
 
 class Reranked(NamedTuple):
@@ -42,7 +43,7 @@ class Reranked(NamedTuple):
 
 def check_candidates(candidates) -> int:
     """`candidates` if it is a whole number in [1, 64], else one ValueError naming the range."""
-    return check_option("candidates", candidates)
+    return CANDIDATES.check(candidates)
 
 
 def candidate_seed(seed: int, k: int, j: int) -> int:
@@ -81,11 +82,11 @@ def generate_reranked(model, prompts: list[str], seed: int = 0, candidates: int 
     seed + k + j * CANDIDATE_STRIDE, j = 0 .. candidates - 1 (see the module docstring)."""
     prompts = check_prompts(prompts)
     candidates = check_candidates(candidates)
-    check_option("seed", seed)
+    check_seed(seed)
     if len(prompts) > CANDIDATE_STRIDE:
         raise ValueError(f"at most {CANDIDATE_STRIDE:,} prompts a call when reranking; split them into several calls")
     try:
-        check_option("seed", candidate_seed(seed, len(prompts) - 1, candidates - 1))
+        check_seed(candidate_seed(seed, len(prompts) - 1, candidates - 1))
     except ValueError:
         raise ValueError(f"seed {seed} is too large for {candidates} candidates (candidate seeds reach seed + "
                          f"{candidates - 1} x {CANDIDATE_STRIDE:,}); use a smaller seed") from None

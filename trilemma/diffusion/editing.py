@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from trilemma.data.sources import image_to_tensor, to_rgb
+from trilemma.diffusion.options import RESAMPLE, STRENGTH
 from trilemma.diffusion.sampling import repaint, sdedit
-from trilemma.model import check_option
 
 
 def image_tensor(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
@@ -110,7 +110,7 @@ def init_edit(init_image, strength: float | None, n: int, size: int) -> dict | N
         if strength is not None:
             raise ValueError("strength applies to image-to-image; give init_image (--init-image) too")
         return None
-    strength = 0.6 if strength is None else check_option("strength", strength)
+    strength = 0.6 if strength is None else STRENGTH.check(strength)
     images = list(init_image) if isinstance(init_image, (list, tuple)) else [init_image]
     init = torch.cat([image_tensor(im, size) for im in images])
     if init.shape[0] not in (1, n):
@@ -140,7 +140,8 @@ def inpainting_method(model, method: str | None, sampler: str | None, resample: 
     if method not in model.inpainting_methods:
         raise ValueError(f"{type(model).__name__} inpaints by {' or '.join(model.inpainting_methods)}, not {method!r}"
                          + ("; the 'model' method needs an inpainting model (shapes-ldm-f8-inpaint)" if method == "model" else ""))
-    if check_option("resample", resample) > 1 and method != "repaint":
+    resample = RESAMPLE.check(resample)
+    if resample > 1 and method != "repaint":
         raise ValueError("resample is RePaint's; choose the repaint method (the inpainting model reads the mask itself)")
     if resample > 1 and (sampler or model.config.sampler) == "dpmsolver++":
         raise ValueError("resample above 1 needs a one-step sampler, ddim or ddpm: DPM-Solver++ keeps a history of past "

@@ -34,7 +34,9 @@ from trilemma.diffusion.guidance import gradient_guidance, noise_aware_clip_guid
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
 from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options, thresholded
-from trilemma.model import TextToImageModel, check_options, check_prompts, image_seeds, to_pil
+from trilemma.diffusion.options import IMAGEN
+from trilemma.model import TextToImageModel, check_prompts, image_seeds, to_pil
+from trilemma.options import GenerateOptions
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -87,6 +89,7 @@ class ImagenConfig:
 class ImagenCascade(TextToImageModel):
     family = "diffusion"
     config_class = ImagenConfig
+    generate_options = IMAGEN
 
     def __init__(self, config: ImagenConfig):
         super().__init__()
@@ -262,14 +265,9 @@ class ImagenCascade(TextToImageModel):
 
     # --- sampling ---------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
-                 eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
-                 sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None,
-                 threshold_percentile: float | None = None, threshold_max_value: float | None = None,
-                 clip_guidance: float | None = None, guidance_clip: str | None = None, init_image=None,
-                 strength: float | None = None):
-        """Images from the last stage (or from the first `stages` stages), one per prompt.
+    def generate(self, prompts, seed: int = 0, init_image=None, progress: bool = False, **options):
+        """Images from the last stage (or from the first `stages` stages), one per prompt. `options`: those of
+        `generate_options` (trilemma.diffusion.options.IMAGEN).
 
         `init_image` (one, or one per prompt) with `strength` in (0, 1] (default 0.6): image-to-image (SDEdit) in
         the base stage, from the image at the base's side; the SR stages then enlarge the result as usual.
@@ -279,10 +277,9 @@ class ImagenCascade(TextToImageModel):
         noise-aware CLIP (GLIDE): `guidance_clip` names it (a shipped one, or a folder; by default
         the shipped one trained on this cascade's base resolution and schedule).
         """
-        return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
-                                          progress, eta, thresholding, aug_level, sr_steps, stages, sr_guidance_scale,
-                                          threshold_percentile, threshold_max_value, clip_guidance, guidance_clip,
-                                          edit=init_edit(init_image, strength, len(check_prompts(prompts)), self.resolution)))
+        options = self.parse_options(**options)
+        edit = init_edit(init_image, options.strength, len(check_prompts(prompts)), self.resolution)
+        return to_pil(self.sample_tensors(prompts, seed, options, progress=progress, edit=edit))
 
     @torch.no_grad()
     def inpaint(self, prompts, image, mask, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
@@ -292,68 +289,68 @@ class ImagenCascade(TextToImageModel):
         stage the region outside the mask is the input at that stage's side, noised to each step's level. `image`
         and `mask` may be lists, one per prompt."""
         inpainting_method(self, method, sampler, resample)
-        return to_pil(self.sample_tensors(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
-                                          progress, edit=inpaint_edit(image, mask, resample,
-                                                                      len(check_prompts(prompts)), self.resolution),
-                                          **self._edit_model_options()))
+        options = self.parse_options(steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+                                     negative_prompt=negative_prompt, batch_size=batch_size)
+        return to_pil(self.sample_tensors(prompts, seed, options, progress=progress,
+                                          edit=inpaint_edit(image, mask, resample, len(check_prompts(prompts)),
+                                                            self.resolution)))
 
     inpainting_methods = ("repaint",)
     default_inpainting = "repaint"
-
-    def _edit_model_options(self) -> dict:
-        return {}
 
     def _stage_edit(self, stage: int, edit: dict | None, size: int) -> dict:
         """The edit's arguments to `sample` at one stage: SDEdit in the base only, RePaint at every stage."""
         return stage_edit(stage, edit, size, next(self.unets[stage].parameters()).device)
 
     @torch.no_grad()
-    def sample_tensors(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-                       sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
-                       eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
-                       sr_steps: int | None = None, stages: int | None = None,
-                       sr_guidance_scale: float | None = None, threshold_percentile: float | None = None,
-                       threshold_max_value: float | None = None, clip_guidance: float | None = None,
-                       guidance_clip: str | None = None, **model_options) -> torch.Tensor:
-        """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot)."""
+    def sample_tensors(self, prompts, seed: int = 0, options: GenerateOptions | None = None, progress: bool = False,
+                       edit: dict | None = None, inputs: dict | None = None, **given) -> torch.Tensor:
+        """`generate`'s images as one (B, 3, H, W) tensor, before the final clip to [-1, 1] (to see overshoot).
+        `options`: parsed by `parse_options`, or left None and given here as keywords. `inputs`: a subclass's inputs
+        to `_cascade` (unCLIP's image embeddings), per-prompt tensors cut into batches with their prompts."""
         prompts = check_prompts(prompts)
-        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta,
-                      aug_level=aug_level, sr_steps=sr_steps, stages=stages, sr_guidance_scale=sr_guidance_scale,
-                      threshold_percentile=threshold_percentile, threshold_max_value=threshold_max_value,
-                      clip_guidance=clip_guidance)
+        if options is None:
+            options = self.parse_options(**given)
+        elif given:
+            raise TypeError(f"sample_tensors takes the options parsed or as keywords, not both ({', '.join(given)})")
+        config = self.config
+        guidance_scale = config.guidance_scale if options.guidance_scale is None else options.guidance_scale
+        # The model's defaults where the call left an option unset: from here on the options object holds what runs.
+        max_values = self._threshold_caps(options.threshold_max_value)
+        options = options.replace(
+            steps=config.sampling_steps if options.steps is None else options.steps,
+            sr_steps=config.sr_sampling_steps if options.sr_steps is None else options.sr_steps,
+            guidance_scale=guidance_scale,
+            sr_guidance_scale=options.sr_guidance_scale if options.sr_guidance_scale is not None else (
+                config.sr_guidance_scale if config.sr_guidance_scale is not None else guidance_scale),
+            sampler=config.sampler if options.sampler is None else options.sampler,
+            thresholding=config.thresholding if options.thresholding is None else options.thresholding,
+            aug_level=config.sampling_aug_level if options.aug_level is None else options.aug_level,
+            stages=len(config.resolutions) if options.stages is None else options.stages,
+            threshold_percentile=config.threshold_percentile if options.threshold_percentile is None
+            else options.threshold_percentile)
         classifier = None
-        if clip_guidance:
+        if getattr(options, "clip_guidance", None):  # (unCLIP declares none: its prior steers by CLIP)
 
-            classifier = load_noise_aware_clip(guidance_clip, self.config.resolutions[0])
+            classifier = load_noise_aware_clip(options.guidance_clip, config.resolutions[0])
             classifier.check_schedule(self.noise_scheduler.config)
             classifier.to(next(self.unets[0].parameters()).device)
-        options = dict(steps=self.config.sampling_steps if steps is None else steps,
-                       sr_steps=self.config.sr_sampling_steps if sr_steps is None else sr_steps,
-                       guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-                       sr_guidance_scale=sr_guidance_scale if sr_guidance_scale is not None else (
-                           self.config.sr_guidance_scale if self.config.sr_guidance_scale is not None
-                           else (self.config.guidance_scale if guidance_scale is None else guidance_scale)),
-                       sampler=self.config.sampler if sampler is None else sampler, negative_prompt=negative_prompt, eta=eta,
-                       thresholding=self.config.thresholding if thresholding is None else thresholding,
-                       aug_level=self.config.sampling_aug_level if aug_level is None else aug_level,
-                       stages=len(self.config.resolutions) if stages is None else stages, progress=progress,
-                       percentile=self.config.threshold_percentile if threshold_percentile is None else threshold_percentile,
-                       max_values=self._threshold_caps(threshold_max_value), classifier=classifier,
-                       clip_guidance=clip_guidance or 0.0, **model_options)
-        if options["steps"] < 1 or options["sr_steps"] < 1:
+        if options.steps < 1 or options.sr_steps < 1:
             raise ValueError("steps must be at least 1")
-        if not 0.0 <= options["aug_level"] <= 1.0:
-            raise ValueError(f"the noise augmentation level must lie in [0, 1], not {options['aug_level']}")
-        if not 1 <= options["stages"] <= len(self.config.resolutions):
-            raise ValueError(f"stages must be between 1 and {len(self.config.resolutions)}")
+        if not 0.0 <= options.aug_level <= 1.0:
+            raise ValueError(f"the noise augmentation level must lie in [0, 1], not {options.aug_level}")
+        if not 1 <= options.stages <= len(config.resolutions):
+            raise ValueError(f"stages must be between 1 and {len(config.resolutions)}")
         seeds = image_seeds(seed, len(prompts))
+        batch_size = options.batch_size
         chunks = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            # Per-prompt tensors among a subclass's options (unCLIP's embeddings) go with their prompts.
-            per_chunk = {k: v[start:start + batch_size] if torch.is_tensor(v) else v for k, v in options.items()}
-            per_chunk["edit"] = edit_rows(per_chunk.get("edit"), start, len(chunk), len(prompts))
-            chunks.append(self._cascade(chunk, seeds[start:start + len(chunk)], **per_chunk))
+            # Per-prompt tensors among a subclass's inputs (unCLIP's embeddings) go with their prompts.
+            per_chunk = {k: v[start:start + batch_size] if torch.is_tensor(v) else v for k, v in (inputs or {}).items()}
+            chunks.append(self._cascade(chunk, seeds[start:start + len(chunk)], options, max_values, progress=progress,
+                                        classifier=classifier, edit=edit_rows(edit, start, len(chunk), len(prompts)),
+                                        **per_chunk))
         return torch.cat(chunks)
 
     def _threshold_caps(self, override: float | None) -> list[float]:
@@ -363,13 +360,14 @@ class ImagenCascade(TextToImageModel):
         caps = [self.config.threshold_max_value] + [self.config.sr_threshold_max_value] * n_sr(self.config)
         return [UNCAPPED if c is None else float(c) for c in caps]
 
-    def _cascade(self, prompts, seeds, steps, sr_steps, guidance_scale, sr_guidance_scale, sampler, negative_prompt, eta,
-                 thresholding, aug_level, stages, progress, percentile, max_values, classifier=None,
-                 clip_guidance=0.0, image=None, start=0, edit=None) -> torch.Tensor:
-        """Stages `start` to `stages` - 1; from `start` > 0, `image` is the previous stage's output."""
-        base_scale = guidance_scale
+    def _cascade(self, prompts, seeds, options: GenerateOptions, max_values: list[float], progress: bool = False,
+                 classifier=None, image=None, start=0, edit=None) -> torch.Tensor:
+        """Stages `start` to `options.stages` - 1, with the options `sample_tensors` resolved (every default filled
+        in) and dynamic thresholding's cap of each stage in `max_values`; from `start` > 0, `image` is the previous
+        stage's output."""
+        stages, negative_prompt = options.stages, options.negative_prompt
         for stage in range(start, stages):
-            guidance_scale = base_scale if stage == 0 else sr_guidance_scale
+            guidance_scale = options.guidance_scale if stage == 0 else options.sr_guidance_scale
             device = next(self.unets[stage].parameters()).device
             size = self.config.resolutions[stage]
             cond = self.encode_text(stage, prompts)
@@ -380,19 +378,19 @@ class ImagenCascade(TextToImageModel):
             if stage == 0:
                 denoise = lambda x, t, st, m: self.denoise(0, x, t, st, m)  # noqa: E731
                 if classifier is not None:  # GLIDE's CLIP guidance steers the base, which decides the layout
-                    guide = noise_aware_clip_guide(classifier, prompts, clip_guidance)
+                    guide = noise_aware_clip_guide(classifier, prompts, options.clip_guidance)
             else:
-                level = torch.full((len(prompts),), float(aug_level), device=device)
+                level = torch.full((len(prompts),), float(options.aug_level), device=device)
                 low_res = self.low_res_condition(stage, image, level, seeded_noise(image.shape[1:], [derive_seed(s, stage, 1) for s in seeds], device))
                 aug_t = self.aug_timestep(level) if self.config.noise_augmentation else torch.zeros(len(prompts), dtype=torch.long, device=device)
                 denoise = lambda x, t, st, m, low_res=low_res, aug_t=aug_t, stage=stage: self.denoise(stage, x, t, st, m, low_res, aug_t)  # noqa: E731
-            scheduler = make_sampler(sampler, self.noise_scheduler.config)
+            scheduler = make_sampler(options.sampler, self.noise_scheduler.config)
             denoiser = classifier_free_guidance(denoise, cond, uncond, guidance_scale)
             if guide is not None:
                 denoiser = gradient_guidance(denoiser, guide, scheduler.alphas_cumprod, self.config.prediction_type)
-            denoiser = thresholded(denoiser, scheduler.alphas_cumprod, self.config.prediction_type, thresholding,
-                                   percentile, max_values[stage])
-            image = sample(denoiser, (3, size, size), stage_seeds, scheduler, steps if stage == 0 else sr_steps, eta=eta,
+            denoiser = thresholded(denoiser, scheduler.alphas_cumprod, self.config.prediction_type, options.thresholding,
+                                   options.threshold_percentile, max_values[stage])
+            image = sample(denoiser, (3, size, size), stage_seeds, scheduler, options.steps if stage == 0 else options.sr_steps, eta=options.eta,
                            progress=progress, device=device, **self._stage_edit(stage, edit, size))
             if stage < stages - 1:
                 image = image.clamp(-1.0, 1.0)  # the next stage trained on images inside the data range

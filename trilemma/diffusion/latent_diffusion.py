@@ -24,7 +24,8 @@ from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.guidance import decoded_clip_guide, gradient_guidance
 from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.sampling import make_sampler, repaint, sample, sdedit
-from trilemma.model import TextToImageModel, TrainableModel, check_options, check_prompts, image_seeds, to_pil
+from trilemma.diffusion.options import LATENT_DIFFUSION
+from trilemma.model import TextToImageModel, TrainableModel, check_prompts, image_seeds, to_pil
 from trilemma.progress import preview_decoder
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -63,6 +64,7 @@ class LatentDiffusionConfig:
 class LatentDiffusion(TextToImageModel):
     family = "diffusion"
     config_class = LatentDiffusionConfig
+    generate_options = LATENT_DIFFUSION
 
     def __init__(self, config: LatentDiffusionConfig):
         super().__init__()
@@ -197,28 +199,26 @@ class LatentDiffusion(TextToImageModel):
         return make_sampler(name, self.noise_scheduler.config)
 
     @torch.no_grad()
-    def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
-                 eta: float = 0.0, clip_guidance: float | None = None, guidance_clip: str | None = None,
-                 init_image=None, strength: float | None = None):
-        """One image per prompt. `clip_guidance` > 0 steers the sampler with CLIP read on the decoded prediction of the
+    def generate(self, prompts, seed: int = 0, init_image=None, progress: bool = False, **options):
+        """One image per prompt; `options`: those of `generate_options` (trilemma.diffusion.options.LATENT_DIFFUSION).
+        `clip_guidance` > 0 steers the sampler with CLIP read on the decoded prediction of the
         clean image (`trilemma.diffusion.guidance.decoded_clip_guide`); `guidance_clip` names the CLIP (default shapes-clip).
         `init_image` (a PIL image, or one per prompt) with `strength` in (0, 1]: image-to-image (SDEdit): the image's
         latent noised to that fraction of the schedule, then denoised under the prompt (default strength 0.6)."""
         prompts = check_prompts(prompts)
-        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size, eta=eta,
-                      clip_guidance=clip_guidance)
-        edit = init_edit(init_image, strength, len(prompts), self.resolution)
+        options = self.parse_options(**options)
+        edit = init_edit(init_image, options.strength, len(prompts), self.resolution)
         clip = None
-        if clip_guidance:
+        if options.clip_guidance:
 
-            clip = load_clip(guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
+            clip = load_clip(options.guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
         if edit:  # SDEdit starts from the image's latent
             device = next(self.unet.parameters()).device
             edit = {"init": self.autoencoder.encode(edit["init"].to(device)) * self.config.latent_scale,
                     "strength": edit["strength"]}
-        return self._generate_all(prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress,
-                                  eta=eta, clip=clip, clip_guidance=clip_guidance or 0.0, **(edit or {}))
+        return self._generate_all(prompts, seed, options.steps, options.guidance_scale, options.sampler,
+                                  options.negative_prompt, options.batch_size, progress, eta=options.eta, clip=clip,
+                                  clip_guidance=options.clip_guidance or 0.0, **(edit or {}))
 
     @torch.no_grad()
     def inpaint(self, prompts, image, mask, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
@@ -231,7 +231,9 @@ class LatentDiffusion(TextToImageModel):
         input (the autoencoder's reconstruction): paste the original back where it must be exact. `image` and `mask`
         may be lists, one per prompt (different edits in one batch)."""
         prompts = check_prompts(prompts)
-        check_options(seed=seed, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size)
+        options = self.parse_options(steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+                                     negative_prompt=negative_prompt, batch_size=batch_size)
+        steps, guidance_scale, batch_size = options.steps, options.guidance_scale, options.batch_size
         method = inpainting_method(self, method, sampler, resample)
         device = next(self.unet.parameters()).device
         x, m = images_and_masks(image, mask, len(prompts), self.resolution)

@@ -42,7 +42,9 @@ from trilemma.diffusion.objective import denoising_loss
 from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.sampling import SAMPLERS, make_sampler, sample
 from trilemma.diffusion.thresholding import thresholded
-from trilemma.model import check_option, check_prompts, to_pil
+from trilemma.diffusion.options import UNCLIP
+from trilemma.model import check_prompts, to_pil
+from trilemma.options import CANDIDATES, GenerateOptions
 from trilemma.registry import shipped_models
 
 CONDITIONINGS = ("image", "text", "caption")  # what the decoder is given (the paper's ablation, Fig. 16)
@@ -80,6 +82,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 class UnCLIP(ImagenCascade):
     family = "diffusion"
     config_class = UnCLIPConfig
+    generate_options = UNCLIP
 
     def __init__(self, config: UnCLIPConfig):
         if config.conditioning not in CONDITIONINGS:
@@ -263,46 +266,24 @@ class UnCLIP(ImagenCascade):
                 best, best_sim = torch.where(better[:, None], z, best), torch.maximum(sim, best_sim)
         return best
 
-    def generate(self, prompts, seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-                 sampler: str | None = None, negative_prompt: str = "", batch_size: int = 64, progress: bool = False,
-                 eta: float = 0.0, thresholding: str | None = None, aug_level: float | None = None,
-                 sr_steps: int | None = None, stages: int | None = None, sr_guidance_scale: float | None = None,
-                 threshold_percentile: float | None = None, threshold_max_value: float | None = None,
-                 prior_guidance_scale: float | None = None, prior_steps: int | None = None,
-                 prior_candidates: int | None = None, conditioning: str | None = None, init_image=None,
-                 strength: float | None = None):
+    def generate(self, prompts, seed: int = 0, init_image=None, progress: bool = False, **options):
         """Images, one per prompt: the prior's image embedding (or, by `conditioning`, the CLIP text embedding, or
         none) and the caption, decoded and enlarged. `guidance_scale` guides the decoder, `prior_guidance_scale` the prior.
-        `init_image` and `strength`: image-to-image (SDEdit) in the decoder, as in `ImagenCascade.generate`."""
-        return to_pil(self.sample_tensors(
-            prompts, seed, steps, guidance_scale, sampler, negative_prompt, batch_size, progress, eta, thresholding,
-            aug_level, sr_steps, stages, sr_guidance_scale, threshold_percentile, threshold_max_value,
-            edit=init_edit(init_image, strength, len(check_prompts(prompts)), self.resolution),
-            **self._unclip_options(prior_guidance_scale, prior_steps, prior_candidates, conditioning)))
+        `init_image` and `strength`: image-to-image (SDEdit) in the decoder, as in `ImagenCascade.generate`.
+        `options`: those of `generate_options` (trilemma.diffusion.options.UNCLIP)."""
+        return super().generate(prompts, seed, init_image=init_image, progress=progress, **options)
 
-    def _edit_model_options(self) -> dict:
-        return self._unclip_options()
-
-    def _unclip_options(self, prior_guidance_scale=None, prior_steps=None, prior_candidates=None, conditioning=None,
-                        embeddings=None, use_caption=True) -> dict:
-        if prior_guidance_scale is not None:
-            check_option("prior_guidance_scale", prior_guidance_scale)
-        if prior_steps is not None:
-            check_option("prior_steps", prior_steps)
-        if prior_candidates is not None:
-            check_option("prior_candidates", prior_candidates)
-        return dict(prior_guidance_scale=prior_guidance_scale, prior_steps=prior_steps, prior_candidates=prior_candidates,
-                    conditioning=conditioning or self.config.conditioning, embeddings=embeddings, use_caption=use_caption)
-
-    def _cascade(self, prompts, seeds, *, prior_guidance_scale=None, prior_steps=None, prior_candidates=None,
-                 conditioning="image", embeddings=None, use_caption=True, image=None, start=0, **options) -> torch.Tensor:
+    def _cascade(self, prompts, seeds, options: GenerateOptions, max_values: list[float], progress: bool = False,
+                 classifier=None, image=None, start=0, edit=None, embeddings=None, use_caption=True) -> torch.Tensor:
+        """The decoder's first stage from the prior's embedding (or `embeddings`, given: variations), then the SR
+        stages as in a cascade."""
+        conditioning = options.conditioning or self.config.conditioning
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
-        if options.get("clip_guidance"):
-            raise ValueError("unCLIP takes no CLIP guidance: its prior already steers by CLIP (--prior-guidance-scale)")
         device = next(self.unets[0].parameters()).device
         if embeddings is None and conditioning == "image":
-            embeddings = self.prior_sample(prompts, seeds, prior_guidance_scale, prior_steps, prior_candidates)
+            embeddings = self.prior_sample(prompts, seeds, options.prior_guidance_scale, options.prior_steps,
+                                           options.prior_candidates)
         elif embeddings is None and conditioning == "text":
             embeddings = self.clip.encode_text(prompts)[0]
         captions = list(prompts) if use_caption else [""] * len(prompts)
@@ -311,21 +292,21 @@ class UnCLIP(ImagenCascade):
             else torch.zeros(b, self._embed_dim, device=device)
         cond = self.decoder_condition(*self.encode_text(0, captions), embedding)
         zero = torch.zeros_like(embedding)
-        uncond = self.decoder_condition(*self.encode_text(0, [options["negative_prompt"]] * b), zero)
+        uncond = self.decoder_condition(*self.encode_text(0, [options.negative_prompt] * b), zero)
         both = torch.cat([zero, embedding])
         denoise = lambda x, t, st, m: self.unets[0](x, t, encoder_hidden_states=st, encoder_attention_mask=m,  # noqa: E731
                                                     class_labels=both if x.shape[0] != b else embedding).sample
         size = self.config.resolutions[0]
-        scheduler = make_sampler(options["sampler"], self.noise_scheduler.config)
-        denoiser = thresholded(classifier_free_guidance(denoise, cond, uncond, options["guidance_scale"]),
-                               scheduler.alphas_cumprod, self.config.prediction_type, options["thresholding"],
-                               options["percentile"], options["max_values"][0])
-        image = sample(denoiser, (3, size, size), [derive_seed(s, 0, 0) for s in seeds], scheduler, options["steps"],
-                       eta=options["eta"], progress=options["progress"], device=device,
-                       **self._stage_edit(0, options.get("edit"), size))
-        if options["stages"] == 1:
+        scheduler = make_sampler(options.sampler, self.noise_scheduler.config)
+        denoiser = thresholded(classifier_free_guidance(denoise, cond, uncond, options.guidance_scale),
+                               scheduler.alphas_cumprod, self.config.prediction_type, options.thresholding,
+                               options.threshold_percentile, max_values[0])
+        image = sample(denoiser, (3, size, size), [derive_seed(s, 0, 0) for s in seeds], scheduler, options.steps,
+                       eta=options.eta, progress=progress, device=device, **self._stage_edit(0, edit, size))
+        if options.stages == 1:
             return image
-        return super()._cascade(captions, seeds, image=image.clamp(-1.0, 1.0), start=1, **options)
+        return super()._cascade(captions, seeds, options, max_values, progress=progress, image=image.clamp(-1.0, 1.0),
+                                start=1, edit=edit)
 
     # --- variations and interpolation -----------------------------------------------------
     @torch.no_grad()
@@ -337,11 +318,11 @@ class UnCLIP(ImagenCascade):
     def vary(self, images, n: int = 4, seed: int = 0, caption: str | None = None, **options):
         """`n` variations of each image: its CLIP image embedding decoded with seeds seed, seed + 1, ... (and the
         caption, if given). Returns a list of lists of PIL images, one list per input image."""
-        n = check_option("candidates", n)  # the same cap as any count of images drawn per input
+        n = CANDIDATES.check(n)  # the same cap as any count of images drawn per input
         embeddings = self.embed_images(images).repeat_interleave(n, dim=0)
         prompts = [caption or "an image variation"] * len(embeddings)  # a placeholder unless a caption is given
-        flat = to_pil(self.sample_tensors(prompts, seed, **options,
-                                          **self._unclip_options(embeddings=embeddings, use_caption=bool(caption))))
+        flat = to_pil(self.sample_tensors(prompts, seed, inputs={"embeddings": embeddings, "use_caption": bool(caption)},
+                                          **options))
         return [flat[k * n:(k + 1) * n] for k in range(len(images))]
 
     @torch.no_grad()
@@ -354,8 +335,8 @@ class UnCLIP(ImagenCascade):
         path = torch.stack([slerp(a[None], b[None], w)[0] for w in torch.linspace(0, 1, steps).tolist()])
         images = []
         for k, e in enumerate(path):  # one seed for every point: sample_tensors would give image k seed + k
-            images += to_pil(self.sample_tensors(["an image interpolation"], seed, **options,
-                                                 **self._unclip_options(embeddings=e[None], use_caption=False)))
+            images += to_pil(self.sample_tensors(["an image interpolation"], seed,
+                                                 inputs={"embeddings": e[None], "use_caption": False}, **options))
         return images
 
 

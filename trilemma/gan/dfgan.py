@@ -35,7 +35,8 @@ from torch import nn
 
 from trilemma.autoencoders.kl import KLAutoencoder, frozen_autoencoder
 from trilemma.data.training import TrainingInputs, TrainingSet
-from trilemma.model import TrainableModel, TextToImageModel, check_options, check_prompts, image_seeds, to_pil
+from trilemma.gan.options import GAN
+from trilemma.model import TrainableModel, TextToImageModel, check_prompts, image_seeds, to_pil
 from trilemma.text.encoder import TransformerTextEncoder, masked_mean
 from trilemma.text.pretrained import PretrainedTextEncoder, build_text_encoder
 from trilemma.text.tokenizer import PromptTokenizer
@@ -201,6 +202,7 @@ class Discriminator(nn.Module):
 class DFGAN(TextToImageModel):
     family = "gan"
     config_class = DFGANConfig
+    generate_options = GAN
 
     def __init__(self, config: DFGANConfig):
         super().__init__()
@@ -379,10 +381,11 @@ class DFGAN(TextToImageModel):
 
     # --- sampling -----------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts, seed: int = 0, truncation: float | None = None, batch_size: int = 256, progress: bool = False):
-        """One forward pass per image; image i uses z from seed + i."""
+    def generate(self, prompts, seed: int = 0, progress: bool = False, **options):
+        """One forward pass per image; image i uses z from seed + i. `options`: truncation, batch_size."""
         prompts = check_prompts(prompts)
-        check_options(seed=seed, truncation=truncation, batch_size=batch_size)
+        options = self.parse_options(**options)
+        truncation, batch_size = options.truncation, options.batch_size
         truncation = self.config.truncation if truncation is None else truncation
         seeds = image_seeds(seed, len(prompts))
         images = []

@@ -1,12 +1,10 @@
 """The HTTP API and the page: FastAPI, documented at /docs (OpenAPI), served by uvicorn.
 
-Every request is checked before it is queued, with the rules of the Python API (`trilemma.model.GENERATE_OPTIONS`,
-`check_prompts`, the editing checks): bad input is answered 4xx with one line per bad field, never 500 and never a
+Every request is checked before it is queued, with the rules of the Python API (the models' declared options,
+`trilemma.options`, from which the request fields are built; `check_prompts`, the editing checks): bad input is answered 4xx with one line per bad field, never 500 and never a
 queued job that fails later. The page (`page/`) is a client of this API and nothing more: whatever it does, a
 script can do the same way.
 """
-
-from __future__ import annotations
 
 import asyncio
 import base64
@@ -26,10 +24,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from trilemma.diffusion.sampling import SAMPLERS
-from trilemma.model import GENERATE_OPTIONS
+from trilemma.diffusion.options import SAMPLER, STRENGTH
+from trilemma.options import GUIDANCE_SCALE, INF, MAX_SEED, NEGATIVE_PROMPT, STEPS, Option
+from trilemma.registry import GENERATE_OPTIONS, generate_options
 from trilemma.serve.jobs import FINISHED, Job, JobManager, QueueFull
 
 PAGE = Path(__file__).parent / "page"
@@ -52,58 +51,75 @@ class BadInput(Exception):
         self.errors, self.status, self.headers = errors, status, headers
 
 
-def _bound(name: str, **extra) -> dict:
-    kind, low, high, low_open = GENERATE_OPTIONS[name]
-    bounds = {"gt" if low_open else "ge": low}
-    if high != float("inf"):
-        bounds["le"] = high
-    return {**bounds, **extra}
+def _field(option: Option) -> tuple:
+    """A request field from an option's declaration: its type (choices as a Literal), range (ge/gt/le) and help, so
+    /openapi.json shows each option with its range. Null: the model's default."""
+    bounds = {}
+    if option.low is not None:
+        bounds["gt" if option.low_open else "ge"] = option.low
+        if option.high != INF:
+            bounds["le"] = option.high
+    described = f"{option.help}" + (f"; in {option.bounds()}" if bounds else "")
+    if option.type is str and not option.choices and option.default is not None:
+        return str, Field(option.default, description=described)
+    kind = Literal[option.choices] if option.choices else option.type
+    return kind | None, Field(None, description=described + "; null: the model's default", **bounds)
 
 
-class Options(BaseModel):
-    """Sampling options; leave one out (or null) for the model's own default."""
+def served_options() -> dict[str, Option]:
+    """The options of every registered model that a request may set (trilemma.registry.generate_options), by name."""
+    found = {}
+    for class_name in GENERATE_OPTIONS:
+        for option in generate_options(class_name):
+            if option.served and option.name not in ("seed", *IMAGE_OPTIONS):
+                found.setdefault(option.name, option)
+    return found
+
+
+IMAGE_OPTIONS = ("strength",)  # image-to-image's: /api/img2img takes it, beside its image, and /api/generate does not
+OPTION_FIELDS = ("seed", "num_images")  # a request's fields that every model takes, besides its declared options
+
+
+class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    negative_prompt: str = Field("", description="what the image should not show (classifier-free guidance's unconditional branch)")
-    seed: int | None = Field(None, ge=-1, le=GENERATE_OPTIONS["seed"][2],
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED,
                              description="image k uses seed + k; null or -1: a random seed, which the job reports")
     num_images: int = Field(1, ge=1, description="images to draw (the server caps it; /api/health says the caps)")
-    steps: int | None = Field(None, **_bound("steps"), description="sampling steps (diffusion)")
-    guidance_scale: float | None = Field(None, **_bound("guidance_scale"), description="classifier-free guidance scale")
-    sampler: Literal[SAMPLERS] | None = Field(None, description="diffusion sampler")
-    eta: float | None = Field(None, **_bound("eta"), description="DDIM's noise level")
-    temperature: float | None = Field(None, **_bound("temperature"), description="autoregressive: sampling temperature")
-    top_k: int | None = Field(None, **_bound("top_k"), description="autoregressive: keep the k likeliest tokens")
-    top_p: float | None = Field(None, **_bound("top_p"), description="autoregressive: nucleus sampling mass")
-    truncation: float | None = Field(None, **_bound("truncation"), description="GANs: truncate z to [-t, t]")
 
 
-class GenerateRequest(Options):
-    prompt: str = Field(..., description="what the image shows", examples=["a red circle to the left of a blue square"])
-    model: str | None = Field(None, description="a model of /api/models (default: /api/health's default_model)")
+def request_model() -> type[BaseModel]:
+    """The body of /api/generate: the prompt, the model, and one field per declared option of the registered models
+    (leave one out, or null, for the model's own default). Built when an app is made, from the registry as it then
+    is; which model takes which option: /api/models ("options", and "fields" with their ranges)."""
+    options = {name: _field(option) for name, option in served_options().items()}
+    return create_model(
+        "GenerateRequest", __base__=_Request, __doc__="A text-to-image job: the prompt, the model and its sampling options.",
+        prompt=(str, Field(..., description="what the image shows", examples=["a red circle to the left of a blue square"])),
+        model=(str | None, Field(None, description="a model of /api/models (default: /api/health's default_model)")),
+        **options)
 
 
 class CompareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(..., examples=["two green squares"])
     negative_prompt: str = ""
-    seed: int | None = Field(None, ge=-1, le=GENERATE_OPTIONS["seed"][2])
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
     models: list[str] | None = Field(None, description="default: every model of the server")
 
 
-class EditForm(BaseModel):
-    """The form fields of an edit; the image (and mask) come as files."""
+class _EditFields(BaseModel):
     # "allow", not "forbid": FastAPI hands a form model the file parts too. Unknown fields are refused in `edit`.
     model_config = ConfigDict(extra="allow")
     prompt: str = ""
     model: str | None = None
-    negative_prompt: str = ""
-    seed: int | None = Field(None, ge=-1, le=GENERATE_OPTIONS["seed"][2])
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
     num_images: int = Field(1, ge=1)
-    steps: int | None = Field(None, **_bound("steps"))
-    guidance_scale: float | None = Field(None, **_bound("guidance_scale"))
-    sampler: Literal[SAMPLERS] | None = None
-    strength: float | None = Field(None, **_bound("strength"), description="img2img: how far into the noise the image goes")
     box: str | None = Field(None, description="inpaint without a mask file: 'x0,y0,x1,y1' in pixels of the image")
+
+
+# The form fields of an edit (the image and mask come as files); its options are the same declarations as generate's.
+EditForm = create_model("EditForm", __base__=_EditFields, **{o.name: _field(o) for o in
+                                                              (NEGATIVE_PROMPT, STEPS, GUIDANCE_SCALE, SAMPLER, STRENGTH)})
 
 
 # --- what the server can draw -------------------------------------------------------------------------------------
@@ -117,13 +133,17 @@ def describe_models(models: dict[str, Path]) -> dict[str, dict]:
         config = json.loads((path / "config.json").read_text())
         klass = model_class(config["model_class"])
         accepted = set(inspect.signature(klass.generate).parameters)
+        declared = {o.name: o for o in getattr(klass, "generate_options", ()) if o.served and o.name not in IMAGE_OPTIONS}
         model_config = config.get("config", {})
         scores = json.loads((path / "scores.json").read_text()) if (path / "scores.json").is_file() else {}
+        defaults = {k: model_config.get(c) for k, c in (("steps", "sampling_steps"), ("guidance_scale", "guidance_scale"),
+                                                         ("sampler", "sampler")) if model_config.get(c) is not None}
         out[name] = {
             "name": name, "family": config["family"], "model_class": config["model_class"],
-            "options": [k for k in Options.model_fields if k in accepted or k in ("seed", "num_images")],
-            "defaults": {k: model_config.get(c) for k, c in (("steps", "sampling_steps"), ("guidance_scale", "guidance_scale"),
-                                                              ("sampler", "sampler")) if model_config.get(c) is not None},
+            "options": ["seed", "num_images", *declared],
+            "defaults": defaults,
+            # the declarations of its options, from which the page draws its form (the default: this model's)
+            "fields": [{**o.describe(), "default": defaults.get(k, o.describe()["default"])} for k, o in declared.items()],
             "edits": [e for e, ok in (("inpaint", hasattr(klass, "inpaint")), ("img2img", "init_image" in accepted),
                                       ("vary", hasattr(klass, "vary"))) if ok],
             # the sides the model draws at (a cascade's every stage): a mask must survive resizing to each
@@ -154,14 +174,15 @@ def check_common(params: dict, info: dict, limits: Limits, errors: list, prompt_
             except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but no text
                 errors.append((name, "is not valid Unicode text; send UTF-8 text"))
     seed = params.get("seed")
-    if isinstance(seed, int) and seed + params.get("num_images", 1) - 1 > GENERATE_OPTIONS["seed"][2]:
+    if isinstance(seed, int) and seed + params.get("num_images", 1) - 1 > MAX_SEED:
         errors.append(("seed", f"image k uses seed + k, and seed + {params['num_images'] - 1} is over 2^62 - 1; "
                                "use a smaller seed"))
     if params.get("num_images", 1) > limits.max_images:
         errors.append(("num_images", f"at most {limits.max_images} a request on this server, got {params['num_images']}"))
-    if (params.get("steps") or 0) > limits.max_steps:
-        errors.append(("steps", f"at most {limits.max_steps} on this server, got {params['steps']}"))
-    unsupported = [k for k, v in params.items() if v not in (None, "") and k in Options.model_fields
+    for name in ("steps", "sr_steps", "prior_steps"):  # every count of sampling steps: each costs a forward pass
+        if (params.get(name) or 0) > limits.max_steps:
+            errors.append((name, f"at most {limits.max_steps} on this server, got {params[name]}"))
+    unsupported = [k for k, v in params.items() if v not in (None, "") and k in OPTION_FIELDS + tuple(served_options())
                    and k not in info["options"] and k not in ("negative_prompt",)]
     if params.get("negative_prompt") and "negative_prompt" not in info["options"]:
         unsupported.append("negative_prompt")
@@ -244,6 +265,9 @@ async def read_upload(upload: UploadFile, name: str, limits: Limits, errors: lis
 # --- the app -------------------------------------------------------------------------------------------------------
 def create_app(manager: JobManager, limits: Limits | None = None, api_key: str | None = None) -> FastAPI:
     server = Server(manager, limits or Limits(), api_key)
+    # The body of /api/generate, from the registry's declarations. (This module does not postpone annotations, so
+    # that the endpoints' annotations are this class, a local, when FastAPI reads them.)
+    GenerateRequest = request_model()
     limits = server.limits
     app = FastAPI(title="trilemma", version=_version(),
                   description="Text-to-image generation, editing and side-by-side comparison of diffusion, "

@@ -87,14 +87,51 @@ function fillModelSelect(select, filter) {
   if ([...select.options].some((o) => o.value === previous)) select.value = previous;
 }
 
+// A model's option fields are drawn from its declarations (/api/models "fields": type, range, choices, help, its
+// default), so an option declared once in Python appears here with no change to the page. Negative prompt has its
+// own box beside the prompt.
+function optionField(f) {
+  const id = f.name.replaceAll("_", "-");
+  const label = document.createElement("label");
+  label.dataset.option = f.name; label.title = f.help;
+  label.append(f.name.replaceAll("_", " ").replace(/^./, (c) => c.toUpperCase()) + " ");
+  let input;
+  if (f.choices) {
+    input = document.createElement("select");
+    input.append(new Option("default", ""));
+    for (const c of f.choices) input.append(new Option(c, c));
+  } else {
+    input = document.createElement("input");
+    input.type = f.type === "str" ? "text" : "number";
+    if (f.type === "float") input.step = "any";
+    if (f.low !== null && f.low !== undefined) input.min = f.low;
+    if (f.high !== null && f.high !== undefined) input.max = f.high;
+    if (f.default !== null && f.default !== undefined) input.placeholder = `default ${f.default}`;
+  }
+  input.id = id; input.name = f.name; input.dataset.type = f.type;
+  label.append(input);
+  return label;
+}
+
+function optionValue(el) {
+  const v = el.value.trim();
+  if (v === "") return null;
+  return el.dataset.type === "str" ? v : Number(v);
+}
+
 function showModelOptions() {
   const m = state.byName[$("model").value];
   if (!m) return;
-  document.querySelectorAll("#generate-form [data-option]").forEach((el) => { el.hidden = !m.options.includes(el.dataset.option); });
-  for (const [k, v] of Object.entries(m.defaults || {})) {
-    const input = document.querySelector(`#generate-form [name=${k}]`);
-    if (input) input.placeholder = `default ${v}`;
+  const kept = {};  // what was typed stays when the model changes, for the options the new one shares
+  $("model-options").querySelectorAll("[name]").forEach((el) => { kept[el.name] = el.value; });
+  $("model-options").innerHTML = "";
+  for (const f of m.fields || []) {
+    if (f.name === "negative_prompt") continue;
+    const label = optionField(f);
+    $("model-options").append(label);
+    if (kept[f.name] !== undefined) label.querySelector("[name]").value = kept[f.name];
   }
+  document.querySelectorAll("#generate-form > [data-option]").forEach((el) => { el.hidden = !m.options.includes(el.dataset.option); });
   const s = m.scores || {};
   $("model-card").textContent = `${m.model_class}` + (s.test != null ? ` · Shapes pass rate: test ${s.test.toFixed(3)}, ` +
     `test-novel ${(s["test-novel"] ?? NaN).toFixed(3)}` : "") + (m.edits.length ? ` · edits: ${m.edits.join(", ")}` : "");
@@ -126,10 +163,8 @@ async function generate(event) {
   const m = state.byName[$("model").value];
   const body = { prompt: $("prompt").value, model: m.name, num_images: numberOrNull("num-images") || 1,
                  seed: $("random-seed").checked ? -1 : numberOrNull("seed") };
-  const fields = { negative_prompt: $("negative-prompt").value || null, steps: numberOrNull("steps"),
-                   guidance_scale: numberOrNull("guidance-scale"), sampler: $("sampler").value || null,
-                   temperature: numberOrNull("temperature"), top_k: numberOrNull("top-k"), top_p: numberOrNull("top-p"),
-                   truncation: numberOrNull("truncation") };
+  const fields = { negative_prompt: $("negative-prompt").value || null };
+  $("model-options").querySelectorAll("[name]").forEach((el) => { fields[el.name] = optionValue(el); });
   for (const [k, v] of Object.entries(fields)) if (v !== null && m.options.includes(k)) body[k] = v;
   $("generate").disabled = true;
   try {
@@ -158,10 +193,8 @@ function reuse(job) {
   if (state.byName[job.model]) $("model").value = job.model;
   $("seed").value = job.params.seed; $("random-seed").checked = false; $("seed").disabled = false;
   $("num-images").value = job.params.num_images || 1;
-  const ids = { steps: "steps", guidance_scale: "guidance-scale", sampler: "sampler", temperature: "temperature",
-                top_k: "top-k", top_p: "top-p", truncation: "truncation" };
-  for (const [k, id] of Object.entries(ids)) $(id).value = job.params[k] ?? "";
   showModelOptions();
+  $("model-options").querySelectorAll("[name]").forEach((el) => { el.value = job.params[el.name] ?? ""; });
   switchTab("generate");
 }
 
