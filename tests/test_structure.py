@@ -204,30 +204,8 @@ def test_import_cycles_are_found():
 LAZY_ENTRY_POINTS = {"trilemma", "trilemma.cli"}
 DYNAMIC_IMPORTERS = {"trilemma.registry"}
 
-# (module, what it imports inside a function) that remain today; the integrator shrinks this list as the data
-# refactor lands. A stale entry fails the test, so the list only shrinks.
-IMPORTS_INSIDE_FUNCTIONS_ALLOWED = {
-    # trilemma.load reads every folder through the diffusers layout, so that module must not load a family
-    # at import; only exporting (and the noise it hands diffusers) needs the diffusion models.
-    ("trilemma.interop.diffusers_layout", "trilemma.diffusion.inpainting"),
-    ("trilemma.interop.diffusers_layout", "trilemma.diffusion.latent_diffusion"),
-    ("trilemma.interop.diffusers_layout", "trilemma.diffusion.sampling"),
-    ("trilemma.interop.diffusers_layout", "trilemma.text.encoder"),
-    # A heavy import kept off the import of a light module: torchmetrics' Inception (FID) for the two functions of
-    # evaluate that measure fidelity.
-    ("trilemma.eval.evaluate", "trilemma.eval.fidelity"),
-    # trilemma/serve is being rewritten in another branch.
-    ("trilemma.serve", "trilemma.model"),
-    ("trilemma.serve", "trilemma.registry"),
-    ("trilemma.serve", "trilemma.serve.api"),
-    ("trilemma.serve", "trilemma.serve.jobs"),
-    ("trilemma.serve.api", "trilemma"),
-    ("trilemma.serve.api", "trilemma.diffusion.editing"),
-    ("trilemma.serve.api", "trilemma.registry"),
-    ("trilemma.serve.jobs", "trilemma"),
-    ("trilemma.serve.jobs", "trilemma.model"),
-    ("trilemma.serve.jobs", "trilemma.progress"),
-}
+# (module, what it imports inside a function) allowed beyond those: none. A stale entry fails the test.
+IMPORTS_INSIDE_FUNCTIONS_ALLOWED: set[tuple[str, str]] = set()  # none
 
 
 def imports_inside_functions(path: Path) -> set[str]:

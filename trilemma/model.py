@@ -170,6 +170,12 @@ def image_seeds(seed, n: int) -> list[int]:
     return [seed + i for i in range(n)]
 
 
+def seeded_noise(shape: tuple[int, ...], seeds: list[int], device) -> torch.Tensor:
+    """Standard normal noise of `shape` for each seed. One generator per image: an image depends on its seed, not
+    on its batch (the samplers' starting noise; what `trilemma export` hands diffusers to draw the same images)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+
+
 def check_prompts(prompts: list[str]) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]

@@ -32,10 +32,10 @@ from trilemma.diffusion.editing import edit_rows, init_edit, inpaint_edit, inpai
 from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.guidance import gradient_guidance, noise_aware_clip_guide
 from trilemma.diffusion.objective import VARIANCE_TYPES, denoising_loss
-from trilemma.diffusion.sampling import make_sampler, sample, seeded_noise
+from trilemma.diffusion.sampling import make_sampler, sample
 from trilemma.diffusion.thresholding import UNCAPPED, check_threshold_options, thresholded
 from trilemma.diffusion.options import IMAGEN
-from trilemma.model import TextToImageModel, check_prompts, image_seeds, to_pil
+from trilemma.model import TextToImageModel, check_prompts, image_seeds, seeded_noise, to_pil
 from trilemma.options import GenerateOptions
 from trilemma.text.encoder import TextEncoderConfig, TransformerTextEncoder
 from trilemma.text.pretrained import PretrainedTextEncoder

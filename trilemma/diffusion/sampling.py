@@ -30,6 +30,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from trilemma.diffusion.denoiser import Denoiser, split_learned_variance
+from trilemma.model import seeded_noise
 from trilemma.progress import progress as progress_bar
 from trilemma.progress import report_step
 
@@ -71,11 +72,6 @@ def make_sampler(name: str, train_scheduler_config) -> Scheduler:
     # Learned variances only change DDPM's ancestral noise; `denoising_step` hands DPM-Solver the mean part alone.
     return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
                                                    variance_type=None, **common)
-
-
-def seeded_noise(shape: tuple[int, ...], seeds: list[int], device) -> torch.Tensor:
-    # One generator per image: an image depends on its seed, not on its batch.
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
 
 
 @torch.no_grad()

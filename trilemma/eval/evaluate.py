@@ -35,6 +35,7 @@ from trilemma.clip import DEFAULT_CLIP, clip_score, resolve_clip
 from trilemma.grid import image_grid
 from trilemma.model import require_generator
 from trilemma.registry import shipped_clips, shipped_models
+from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
 from trilemma.shapes.export import test_prompts
 from trilemma.shapes.scenes import parse_prompt, render, sample_scene
 from trilemma.shapes.scorer import SCORER_VERSION, score_image, summarize
@@ -275,8 +276,6 @@ def evaluate(name: str, split: str = "test", n: int = 500, out: Path | None = No
     """clip: the CLIP of the CLIP score (and of features="clip"): a shipped CLIP's name or a local CLIP folder;
     None: shapes-clip when shipped, else no CLIP score (the report says null). features: "shapes" (the Shapes
     feature network, or Inception given its weights) or "clip" (the CLIP's image embeddings: FD_CLIP)."""
-    from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
-
     if features not in FEATURES:
         raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
     if features == "clip" and inception_weights:
@@ -383,8 +382,6 @@ def compare(names: list[str], out: Path, split: str = "test", n: int = 500, cach
                 reports.append(report)
                 continue
         reports.append(evaluate(name, split, n, folder, cache, progress=progress, clip=clip_name))
-    from trilemma.eval.fidelity import extract, fid_kid, load_feature_network, precision_recall_density_coverage
-
     # The floor: real renders of other scenes of the split against the same reference. FID's estimate is
     # biased upward at finite n, so a model is as close to real as FID at this n can tell when it sits there.
     network = load_feature_network()

@@ -36,8 +36,9 @@ import torch
 
 from trilemma.checkpoint import CheckpointError, model_folder, write_json
 from trilemma.folders import ensure_writable
-from trilemma.model import TrainableModel
+from trilemma.model import TrainableModel, seeded_noise
 from trilemma.registry import model_class
+from trilemma.text.encoder import TransformerTextEncoder
 from trilemma.text.tokenizer import SPECIAL_TOKENS, PromptTokenizer
 
 EXPORT_NOTE = "trilemma.json"  # generation defaults diffusers has no place for, read back by `trilemma.load`
@@ -48,11 +49,9 @@ SAMPLER_CLASSES = {"dpmsolver++": "DPMSolverMultistepScheduler", "ddim": "DDIMSc
 
 def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
     """Write the model as a diffusers pipeline folder; returns the folder. One clear ValueError when it cannot."""
-    # The families' modules are imported here, not at the top: trilemma.load reads every folder through this module.
-    from trilemma.diffusion.inpainting import LatentInpainting
-    from trilemma.diffusion.latent_diffusion import LatentDiffusion
-    from trilemma.text.encoder import TransformerTextEncoder
-
+    # The classes by name (the registry's lookup): trilemma.load reads every folder through this module, which
+    # must not import a family (and its libraries) for a model that does not need it.
+    LatentDiffusion, LatentInpainting = model_class("LatentDiffusion"), model_class("LatentInpainting")
     model = load_folder(model_folder(model_name))  # what trilemma.load does (calling it would be a cycle: it imports this module)
     if type(model).__name__ == "UnCLIP":
         return export_unclip_prior(model, model_name, out)
@@ -244,6 +243,4 @@ def import_diffusers(path: str | Path):
 def initial_latents(model, seeds: list[int]) -> torch.Tensor:
     """The starting noise trilemma draws for these seeds: hand it to a diffusers pipeline as `latents=` to get the
     same images."""
-    from trilemma.diffusion.sampling import seeded_noise
-
     return seeded_noise((model.latent_channels, model.latent_size, model.latent_size), seeds, "cpu")

@@ -11,6 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+from trilemma.model import TextToImageModel
+from trilemma.registry import model_class, shipped_models
+from trilemma.serve.api import Limits, create_app
+from trilemma.serve.jobs import JobManager
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -18,9 +23,6 @@ def resolve_models(names: list[str] | None) -> dict[str, Path]:
     """The models a server may load: shipped names and folders given at start-up, and nothing else (requests name
     one of these; no path ever comes from a request). Default: every shipped text-to-image model; "all" among the
     names stands for them, so that `all runs/mine` serves yours beside them."""
-    from trilemma.model import TextToImageModel
-    from trilemma.registry import model_class, shipped_models
-
     shipped = shipped_models()
     if not names:
         return dict(shipped)
@@ -49,9 +51,6 @@ def resolve_models(names: list[str] | None) -> dict[str, Path]:
 def build_app(models: list[str] | None = None, outdir: str | Path = "outputs/serve", api_key: str | None = None,
               queue_size: int = 32, max_batch_images: int = 32, limits=None):
     """The FastAPI app and its job manager (the tests and the load test build it so too)."""
-    from trilemma.serve.api import Limits, create_app
-    from trilemma.serve.jobs import JobManager
-
     manager = JobManager(resolve_models(models), outdir, queue_size=queue_size, max_batch_images=max_batch_images)
     return create_app(manager, limits or Limits(), api_key or None), manager  # an empty key is no key
 

@@ -26,9 +26,11 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from trilemma import __version__
+from trilemma.diffusion.editing import box_mask, mask_tensor  # editing's shared mask helpers, not a model
 from trilemma.diffusion.options import SAMPLER, STRENGTH
 from trilemma.options import GUIDANCE_SCALE, INF, MAX_SEED, NEGATIVE_PROMPT, STEPS, Option
-from trilemma.registry import GENERATE_OPTIONS, generate_options
+from trilemma.registry import DEFAULT_MODEL, GENERATE_OPTIONS, INPAINTING_MODEL, generate_options, model_class
 from trilemma.serve.jobs import FINISHED, Job, JobManager, QueueFull
 
 PAGE = Path(__file__).parent / "page"
@@ -126,8 +128,6 @@ EditForm = create_model("EditForm", __base__=_EditFields, **{o.name: _field(o) f
 def describe_models(models: dict[str, Path]) -> dict[str, dict]:
     """Each model's family, the options its `generate` takes, its edits and its measured scores, read from its
     config.json and class, without loading its weights."""
-    from trilemma.registry import model_class
-
     out = {}
     for name, path in models.items():
         config = json.loads((path / "config.json").read_text())
@@ -201,8 +201,6 @@ class Server:
     """The app's state: the jobs, the models, the caps and the key."""
 
     def __init__(self, manager: JobManager, limits: Limits, api_key: str | None):
-        from trilemma.registry import DEFAULT_MODEL
-
         self.manager, self.limits, self.api_key = manager, limits, api_key
         self.models = describe_models(manager.models)
         # What a request without a model draws with: the library's default model when served, as the CLI's.
@@ -228,8 +226,6 @@ class Server:
         return info
 
     def _preferred(self, need: str) -> list[str]:
-        from trilemma.registry import INPAINTING_MODEL
-
         able = [m for m, i in self.models.items() if need in i["edits"]]
         return sorted(able, key=lambda m: m != INPAINTING_MODEL)
 
@@ -269,7 +265,7 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
     # that the endpoints' annotations are this class, a local, when FastAPI reads them.)
     GenerateRequest = request_model()
     limits = server.limits
-    app = FastAPI(title="trilemma", version=_version(),
+    app = FastAPI(title="trilemma", version=__version__,
                   description="Text-to-image generation, editing and side-by-side comparison of diffusion, "
                               "autoregressive and GAN models. Jobs are queued and run one forward pass at a time; "
                               "requests for the same model and options that wait together share one (dynamic batching).")
@@ -533,8 +529,6 @@ async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, lim
                 resolutions: list[int]):
     import numpy as np
 
-    from trilemma.diffusion.editing import box_mask  # editing's shared helpers, not a model
-
     if (mask is None) == (form.box is None):
         errors.append(("mask", "send a mask image (white: redraw) or a box 'x0,y0,x1,y1', one of the two"))
         return None
@@ -569,8 +563,6 @@ async def _mask(form: EditForm, mask: UploadFile | None, image: Image.Image, lim
 def _survives(mask: Image.Image, field: str, resolutions: list[int], errors: list) -> Image.Image | None:
     """The mask, if it is still a mask at every side the model draws at (a thin stroke on a large upload can vanish
     when resized): checked here, so that the model is never handed an empty one."""
-    from trilemma.diffusion.editing import mask_tensor
-
     for side in resolutions:
         try:
             mask_tensor(mask, side)
@@ -625,8 +617,3 @@ class _TooLarge(HTTPException):
     def __init__(self):
         super().__init__(status_code=413, detail="body: too large")
 
-
-def _version() -> str:
-    from trilemma import __version__
-
-    return __version__

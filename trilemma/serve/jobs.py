@@ -24,6 +24,10 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from trilemma import __version__
+from trilemma.model import TrainableModel
+from trilemma.progress import listen
+
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -90,15 +94,10 @@ def parameters_text(job: Job, k: int, size: tuple[int, int]) -> str:
              "Seed": p["seed"] + k, "Size": f"{size[0]}x{size[1]}", "Model": job.model,
              "Denoising strength": p.get("strength"), "Temperature": p.get("temperature"), "Top k": p.get("top_k"),
              "Top p": p.get("top_p"), "Truncation": p.get("truncation"),
-             "Task": job.kind if job.kind != "generate" else None, "Version": "trilemma " + _version()}
+             "Task": job.kind if job.kind != "generate" else None, "Version": "trilemma " + __version__}
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items() if value is not None))
     return "\n".join(lines)
 
-
-def _version() -> str:
-    from trilemma import __version__
-
-    return __version__
 
 
 def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
@@ -196,8 +195,6 @@ class JobManager:
     def load(self, name: str):
         """The model called `name`, loaded once (in the worker: loading is as slow as a generation)."""
         if name not in self._loaded:
-            from trilemma.model import TrainableModel
-
             self._loaded[name] = TrainableModel.from_pretrained(self.models[name])
         return self._loaded[name]
 
@@ -236,8 +233,6 @@ class JobManager:
         return batch
 
     def _run(self, batch: list[Job]) -> None:
-        from trilemma.progress import listen
-
         last_preview = [0.0]
         rows = [sum(job.num_images for job in batch[:i]) for i in range(len(batch))]  # each job's first image
 
