@@ -106,6 +106,7 @@ function optionField(f) {
     if (f.type === "float") input.step = "any";
     if (f.low !== null && f.low !== undefined) input.min = f.low;
     if (f.high !== null && f.high !== undefined) input.max = f.high;
+    if (f.name.endsWith("steps") && state.maxSteps) input.max = Math.min(Number(input.max || Infinity), state.maxSteps);
     if (f.default !== null && f.default !== undefined) input.placeholder = `default ${f.default}`;
   }
   input.id = id; input.name = f.name; input.dataset.type = f.type;
@@ -405,7 +406,8 @@ async function load() {
     const health = await fetch("/api/health").then((r) => r.json());
     if (health.auth) $("key-box").hidden = false;
     $("num-images").max = $("edit-num-images").max = health.limits.max_images;
-    $("steps").max = $("edit-steps").max = health.limits.max_steps;
+    $("edit-steps").max = health.limits.max_steps;
+    state.maxSteps = health.limits.max_steps;  // the server's cap on any steps field, drawn with the model's fields
     state.models = await api("/api/models");
     state.byName = Object.fromEntries(state.models.map((m) => [m.name, m]));
     fillModelSelect($("model"), () => true);
