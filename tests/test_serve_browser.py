@@ -120,6 +120,26 @@ def test_options_follow_the_model(page):
     expect(page.locator("[data-option=sampler]")).to_be_visible()
 
 
+def test_the_form_is_the_models_declared_options(page):
+    # Each model's option fields are exactly what its class declares (trilemma.registry.generate_options), with
+    # the declared range on the input: one declaration, and the page follows.
+    import json
+
+    from trilemma.registry import generate_options, shipped_models
+
+    page.click("#tabs button[data-tab=generate]")
+    for name in MODELS:
+        declared = generate_options(json.loads((shipped_models()[name] / "config.json").read_text())["model_class"])
+        # (the negative prompt has its box beside the prompt; strength is the edit tab's, for image-to-image)
+        served = [o for o in declared if o.served and o.name not in ("negative_prompt", "strength")]
+        page.select_option("#model", name)
+        shown = page.eval_on_selector_all("#model-options [name]", "els => els.map(e => [e.name, e.max])")
+        assert [n for n, _ in shown] == [o.name for o in served], name
+        for (field, high), option in zip(shown, served):
+            if option.high is not None and option.high != float("inf") and not field.endswith("steps"):
+                assert float(high) == option.high, (name, field)
+
+
 def test_a_bad_value_is_refused_with_its_field_named(page):
     page.click("#tabs button[data-tab=generate]")
     page.select_option("#model", "shapes-ldm-f8")
