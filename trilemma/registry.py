@@ -84,11 +84,10 @@ DEFAULT_MODEL = "shapes-imagen"
 INPAINTING_MODEL = "shapes-ldm-f8-inpaint"  # what `trilemma edit` uses when no model is named
 
 
-FEATURE_NETWORK = "shapes-features"  # shipped beside the models, but an evaluation network, not a generator
-
-
-# Families of shipped networks that score images rather than draw them (a CLIP): listed apart from the models.
+# Families of shipped networks that do not draw images from text: the CLIPs (listed apart, as scorers) and
+# evaluation networks (a benchmark's feature network).
 SCORING_FAMILIES = ("clip", "noised-clip")
+NON_GENERATOR_FAMILIES = SCORING_FAMILIES + ("evaluation",)
 
 
 def _family(path: Path) -> str | None:
@@ -99,12 +98,12 @@ def _family(path: Path) -> str | None:
 
 
 def shipped_models() -> dict[str, Path]:
-    """Shipped text-to-image models: folders under trilemma/weights with a config.json (the feature network and
-    the shipped CLIPs aside)."""
+    """Shipped text-to-image models: folders under trilemma/weights with a config.json (the CLIPs and evaluation
+    networks aside)."""
     if not WEIGHTS_DIR.is_dir():
         return {}
-    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file() and p.name != FEATURE_NETWORK
-            and _family(p) not in SCORING_FAMILIES}
+    return {p.name: p for p in sorted(WEIGHTS_DIR.iterdir()) if (p / "config.json").is_file()
+            and _family(p) not in NON_GENERATOR_FAMILIES}
 
 
 def shipped_clips() -> dict[str, Path]:
@@ -120,9 +119,14 @@ def benchmark(path: Path) -> str:
     return json.loads(scores.read_text()).get("benchmark", "shapes") if scores.is_file() else "shapes"
 
 
+def benchmark_models(name: str) -> dict[str, Path]:
+    """The shipped models trained and scored on benchmark `name` (their scores.json says which)."""
+    return {model: path for model, path in shipped_models().items() if benchmark(path) == name}
+
+
 def shapes_models() -> dict[str, Path]:
     """The shipped models of the Shapes benchmark (the ones `evaluate`, `compare` and the scorer's labelled set cover)."""
-    return {name: path for name, path in shipped_models().items() if benchmark(path) == "shapes"}
+    return benchmark_models("shapes")
 
 
 def model_info(path: Path) -> dict:

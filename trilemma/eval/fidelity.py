@@ -17,8 +17,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from trilemma.clip import feature_tensor, load_clip
-from trilemma.registry import FEATURE_NETWORK, WEIGHTS_DIR
-from trilemma.shapes.features import ShapesFeatureNet
+from trilemma.registry import WEIGHTS_DIR
+from trilemma.shapes.features import FEATURE_NETWORK, ShapesFeatureNet
 
 
 def load_feature_network(inception_weights: str | None = None, clip: str | Path | None = None):

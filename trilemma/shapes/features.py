@@ -44,6 +44,9 @@ N_COUNTS = len(_COLORS) * len(_SHAPES)
 N_TARGETS = 2 * N_COUNTS + len(_COLORS) * GRID * GRID
 
 
+FEATURE_NETWORK = "shapes-features"  # shipped under trilemma/weights beside the models: an evaluation network
+
+
 @dataclass
 class FeatureNetConfig:
     resolution: int = 64

@@ -232,7 +232,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> Path:
     # resume, a process skips the samples it had read (the stream is a pure function of the seed).
     stream = None
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        stream = dataset.stream(skip=step * batch) if hasattr(dataset, "stream") else iter(dataset)
+        stream = dataset.stream(skip=step * batch)  # a streamed source (DataSource) resumes where it stopped
     log = open(out / "log.jsonl", "a") if accelerator.is_main_process else None
     bar = progress_bar(total=config.steps, initial=step, enabled=progress and accelerator.is_main_process, desc="train")
     last_good = None
