@@ -9,6 +9,8 @@ import torch
 import trilemma
 from trilemma.gan.dfgan import DFGAN, Affine
 
+from conftest import assert_same_image
+
 TINY_GAN = {"resolution": 32, "z_dim": 16, "ngf": 8, "ndf": 8, "affine_hidden": 16,
             "text_encoder": {"hidden_size": 32, "num_layers": 1, "num_heads": 2}}
 
@@ -22,7 +24,7 @@ def test_fusion_starts_as_the_identity_and_generator_draws_its_resolution():
     images = model.generate(["a red circle", "two blue squares"], seed=0)
     assert [im.size for im in images] == [(32, 32)] * 2
     again = model.generate(["two blue squares"], seed=1)  # image i uses seed + i
-    assert np.array_equal(np.asarray(images[1]), np.asarray(again[0]))
+    assert_same_image(images[1], again[0])
 
 
 def test_matching_aware_gradient_penalty_is_k_times_mean_norm_to_the_p():
@@ -77,8 +79,8 @@ def test_interpolation_ends_at_the_two_prompts_and_truncation_bounds_z(tmp_path)
     model = DFGAN.from_config(TINY_GAN).eval()
     strip = model.interpolate("a red circle", "a blue square", steps=5, seed=7)
     assert len(strip) == 5
-    assert np.array_equal(np.asarray(strip[0]), np.asarray(model.generate(["a red circle"], seed=7)[0]))
-    assert np.array_equal(np.asarray(strip[-1]), np.asarray(model.generate(["a blue square"], seed=8)[0]))
+    assert_same_image(strip[0], model.generate(["a red circle"], seed=7)[0])
+    assert_same_image(strip[-1], model.generate(["a blue square"], seed=8)[0])
     for m in model.modules():  # untrained fusion is the identity: give the text a say, as training does
         if isinstance(m, Affine):
             torch.nn.init.normal_(m.beta[2].weight, std=0.5)

@@ -12,7 +12,7 @@ import torch
 import trilemma
 from trilemma.gan.galip import GALIP, default_d_layers, default_prompt_layers
 
-from conftest import run_cli
+from conftest import assert_same_image, run_cli
 
 
 def tiny_galip(clip_dir, **overrides) -> dict:
@@ -173,9 +173,9 @@ def test_galip_trains_through_the_loop_and_interpolates_from_the_cli(tmp_path, t
     model = trilemma.load(final)
     images = model.generate(["a red circle", "two blue squares"], seed=0)
     assert [im.size for im in images] == [(64, 64)] * 2
-    assert np.array_equal(np.asarray(images[1]), np.asarray(model.generate(["two blue squares"], seed=1)[0]))
+    assert_same_image(images[1], model.generate(["two blue squares"], seed=1)[0])
     strip = model.interpolate("a red circle", "a blue square", steps=3, seed=5, mode="z")
-    assert np.array_equal(np.asarray(strip[0]), np.asarray(model.generate(["a red circle"], seed=5)[0]))
+    assert_same_image(strip[0], model.generate(["a red circle"], seed=5)[0])
     code, out, err = run_cli("interpolate", "a red circle", "a blue square", "--model", final, "--steps", 3,
                              "--out", tmp_path / "strip")
     assert code == 0, err

@@ -446,7 +446,7 @@ def test_bad_edit_requests_get_one_line_per_field(client, endpoint, data, files,
 
 COMPARE_BAD = [
     ({"prompt": ""}, ["prompt"]),
-    ({"prompt": "a red circle", "models": ["shapes-dfgan", "ghost"]}, ["model"]),
+    ({"prompt": "a red circle", "models": ["shapes-dfgan", "ghost"]}, ["models.1"]),
     ({"prompt": "a red circle", "seed": "zero"}, ["seed"]),
     ({"prompt": "a red circle", "steps": 3}, ["steps"]),
 ]

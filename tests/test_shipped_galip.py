@@ -3,13 +3,14 @@ what the prompt names, and interpolates (the card's scored rates come from bench
 
 import json
 
-import numpy as np
 import pytest
 
 import trilemma
 from trilemma.checkpoint import file_sha256
 from trilemma.registry import WEIGHTS_DIR, shipped_models
 from trilemma.shapes.scorer import detect
+
+from conftest import assert_same_image
 
 pytestmark = pytest.mark.skipif("shapes-galip" not in shipped_models(), reason="shapes-galip is not shipped")
 
@@ -38,5 +39,5 @@ def test_interpolation_strip_ends_at_its_two_prompts():
     model = trilemma.load("shapes-galip")
     strip = model.interpolate("a red circle", "a blue square", steps=4, seed=3)
     assert len(strip) == 4
-    assert np.array_equal(np.asarray(strip[0]), np.asarray(model.generate(["a red circle"], seed=3)[0]))
-    assert np.array_equal(np.asarray(strip[-1]), np.asarray(model.generate(["a blue square"], seed=4)[0]))
+    assert_same_image(strip[0], model.generate(["a red circle"], seed=3)[0])
+    assert_same_image(strip[-1], model.generate(["a blue square"], seed=4)[0])

@@ -162,6 +162,11 @@ def check_common(params: dict, info: dict, limits: Limits, errors: list, prompt_
     prompt = params.get("prompt", "")
     if prompt_required and not prompt.strip():
         errors.append(("prompt", "is empty; say what the image shows, for example 'a red circle'"))
+    check_texts(params, limits, errors)
+    _check_options(params, info, limits, errors)
+
+
+def check_texts(params: dict, limits: Limits, errors: list) -> None:
     for name in ("prompt", "negative_prompt"):
         text = params.get(name) or ""
         if len(text) > limits.max_prompt_chars:
@@ -173,6 +178,9 @@ def check_common(params: dict, info: dict, limits: Limits, errors: list, prompt_
                 text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but no text
                 errors.append((name, "is not valid Unicode text; send UTF-8 text"))
+
+
+def _check_options(params: dict, info: dict, limits: Limits, errors: list) -> None:
     seed = params.get("seed")
     if isinstance(seed, int) and seed + params.get("num_images", 1) - 1 > MAX_SEED:
         errors.append(("seed", f"image k uses seed + k, and seed + {params['num_images'] - 1} is over 2^62 - 1; "
@@ -446,10 +454,16 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
               summary="One prompt and seed on several models (default: all), each with its own defaults, side by side")
     async def compare(request: CompareRequest):
         errors = []
-        names = request.models or list(server.models)
-        for name in names:
-            server.model_info(name, errors)
+        names = list(server.models) if request.models is None else request.models
+        if not names:  # [] is no model, not every model: say so rather than draw with all
+            errors.append(("models", "is empty; name at least one model of /api/models, or leave it out for all"))
+        for i, name in enumerate(names):  # named as the request names it (models.1), as pydantic names a bad item
+            found = []
+            server.model_info(name, found)
+            errors += [(f"models.{i}", message) for _, message in found]
         params = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "num_images": 1}
+        if not errors:  # the negative prompt is checked once here: a model that takes none is checked without it
+            check_texts({"negative_prompt": request.negative_prompt}, limits, errors)
         for name in names if not errors else []:
             info = server.models[name]
             one = dict(params) if "negative_prompt" in info["options"] else {**params, "negative_prompt": ""}
@@ -485,8 +499,10 @@ def create_app(manager: JobManager, limits: Limits | None = None, api_key: str |
                 if params.get(k):
                     errors.append((k, "variations take steps, guidance_scale, seed, num_images and a caption (prompt) only"))
                     params.pop(k)
-        if kind != "inpaint" and (mask is not None or form.box):
-            errors.append(("mask" if mask is not None else "box", "is inpainting's; this request is " + kind))
+        # A mask sent to img2img or vary reaches the form's extra fields (those endpoints take no mask file).
+        sent_mask = mask is not None or "mask" in (form.model_extra or {})
+        if kind != "inpaint" and (sent_mask or form.box):
+            errors.append(("mask" if sent_mask else "box", "is inpainting's; this request is " + kind))
         if info:
             check_common({k: v for k, v in params.items() if k != "strength"}, info, limits, errors,
                          prompt_required=kind != "vary")
