@@ -158,3 +158,14 @@ def test_messages_are_one_line():
     for cls, raw in bad_inputs:
         msg = error(cls, raw)
         assert "\n" not in msg and len(msg) < 200, msg
+
+
+def test_a_recipe_init_names_only_what_its_model_starts_from():
+    # A typo in init would otherwise train on a random first stage: refused before anything trains, naming the keys.
+    from trilemma.train.loop import TrainConfig
+
+    with pytest.raises(ConfigError, match="LatentDiffusion does not take 'autoencodr'; it takes autoencoder, model"):
+        TrainConfig.from_dict({"model_class": "LatentDiffusion", "model": {}, "init": {"autoencodr": "runs/ae"}})
+    with pytest.raises(ConfigError, match="KLAutoencoder does not take 'model'; it starts from no pretrained parts"):
+        TrainConfig.from_dict({"model_class": "KLAutoencoder", "model": {}, "init": {"model": "x"}})
+    assert TrainConfig.from_dict({"model_class": "DFGAN", "model": {}, "init": {"text_encoder": "x", "autoencoder": "y"}}).init

@@ -28,7 +28,7 @@ from trilemma.shapes.scorer import score_image
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
 RECORD = json.loads((FIXTURES / "golden.json").read_text())
 MAX_DRIFT = 2  # grey levels: measured drift across thread counts and batch shapes is at most 1
-SESSION_THREADS = torch.get_num_threads()  # conftest's count: torch's default, capped at 2
+SESSION_THREADS = torch.get_num_threads()  # conftest's count: OMP_NUM_THREADS, else at most 2
 
 
 def drift(drawn: np.ndarray, reference: np.ndarray) -> tuple[int, float]:

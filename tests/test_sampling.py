@@ -154,7 +154,9 @@ def test_wrappers_without_an_effect_give_back_the_network_itself():
     network = fake_network(False, "epsilon")
     x, t = torch.randn(2, *SHAPE), torch.tensor(500)
     for scale, negative in ((1.0, uncond), (3.0, None)):  # no guidance: one batch of the prompts alone
-        denoiser = thresholded(classifier_free_guidance(network, cond, negative, scale), torch.ones(1000), "epsilon", "none")
+        guided = classifier_free_guidance(network, cond, negative, scale)
+        denoiser = thresholded(guided, torch.ones(1000), "epsilon", "none")
+        assert denoiser is guided  # "none" thresholding gives back what it wraps
         assert torch.equal(denoiser(x, t), network(x, t, *cond))
 
 

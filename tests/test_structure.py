@@ -112,7 +112,7 @@ def private_names_used(path: Path) -> list[str]:
     return sorted(set(found))
 
 
-# Known exceptions, each to go when its owner's rewrite lands (the integrator empties this list).
+# Known exceptions: none (a stale entry fails the test).
 PRIVATE_NAMES_ALLOWED: set[tuple[str, str]] = set()  # none
 
 
@@ -177,9 +177,8 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(cycles)
 
 
-# The data layer and Shapes import each other inside functions (build_dataset makes a ShapesDataset, which reads
-# the data sources): the data refactor in another branch removes it, and the integrator empties this list then.
-CYCLES_ALLOWED: list[set[str]] = []  # none: the data layer no longer imports Shapes (data sources are looked up by type)
+# Cycles allowed: none (a stale entry fails the test).
+CYCLES_ALLOWED: list[set[str]] = []
 
 
 def test_no_import_cycles():
@@ -241,7 +240,8 @@ def test_only_the_shapes_benchmark_imports_shapes():
         rel = path.relative_to(PACKAGE).as_posix()
         if rel.startswith("shapes/") or rel in SHAPES_USERS:
             continue
-        shapes = {m for m in imported_modules(path) if m == "trilemma.shapes" or m.startswith("trilemma.shapes.")}
+        shapes = {m for _, module, names, _ in _imports(ast.parse(path.read_text())) for m in _targets(module, names)
+                  if m == "trilemma.shapes" or m.startswith("trilemma.shapes.")}
         assert not shapes, f"{rel} imports {sorted(shapes)}; ask the data through trilemma.data.sources.DataSource"
 
 

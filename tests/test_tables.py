@@ -114,3 +114,21 @@ def test_train_data_takes_a_save_to_disk_folder_and_a_parquet_file(tmp_path):
     from trilemma.cli import data_spec
 
     assert data_spec(str(tmp_path / "t.parquet")) == {"type": "parquet", "path": str(tmp_path / "t.parquet")}
+
+
+def test_a_hub_snapshot_reads_only_its_split(tmp_path):
+    # The Hub's layout: data/{split}-00000-of-00001.parquet. The test rows must never reach training.
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    _, train_texts = make_parquet(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet", n=6)
+    names, images, _ = _rows(3)
+    pq.write_table(pa.table({"image": pa.array(images, IMAGE_FEATURE), "text": [f"held out {i}" for i in range(3)]}),
+                   tmp_path / "hub" / "data" / "test-00000-of-00001.parquet")
+    train = build_dataset(parse_data_config({"type": "parquet", "path": str(tmp_path / "hub")}))
+    assert sorted(train.captions(100)) == sorted(train_texts)
+    test = build_dataset(parse_data_config({"type": "parquet", "path": str(tmp_path / "hub"), "split": "test"}))
+    assert sorted(test.captions(100)) == [f"held out {i}" for i in range(3)]
+    with pytest.raises(ValueError, match="splits test, train, not 'validation'"):
+        build_dataset(parse_data_config({"type": "parquet", "path": str(tmp_path / "hub"), "split": "validation"}))
+    from trilemma.cli import data_spec
+
+    assert data_spec(str(tmp_path / "hub"))["type"] == "parquet"  # found below data/, as the table finds it

@@ -291,7 +291,7 @@ def data_spec(text: str) -> dict:
         raise ValueError(f"--data {text}: no such folder; pass a folder of captioned images, shards "
                          "(\"shards/{00000..00009}.tar\"), a .parquet file or 'shapes'")
     tables = any((path / name).is_file() for name in ("state.json", "dataset_dict.json")) or \
-        (not (path / "metadata.jsonl").is_file() and any(path.glob("*.parquet")))
+        (not (path / "metadata.jsonl").is_file() and any(path.rglob("*.parquet")))
     return {"type": "parquet", "path": text} if tables else {"type": "imagefolder", "path": text}
 
 

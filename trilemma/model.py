@@ -52,11 +52,11 @@ class TrainableModel(nn.Module):
         return self.training_step(batch, optimizer_name)
 
     # --- what a model trains on: declared here, built once by the trainer (trilemma.data.training) -------
+    init_keys: tuple[str, ...] = ()  # what a recipe's `init` may name for this model (the loop refuses the rest)
+
     def init_training(self, init: dict, device) -> None:
         """Start from the pretrained parts that the recipe's `init` names (a trained first stage, a model to
-        fine-tune). The default takes none."""
-        if init:
-            raise ValueError(f"init: {type(self).__name__} starts from no pretrained parts; remove {sorted(init)}")
+        fine-tune), among `init_keys`. The default takes none."""
 
     def training_inputs(self) -> TrainingInputs:
         """What this model trains on (pixels at its resolution by default; latents or tokens of a frozen first

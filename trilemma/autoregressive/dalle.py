@@ -52,6 +52,7 @@ class DalleConfig:
 class DalleTransformer(TextToImageModel):
     family = "autoregressive"
     config_class = DalleConfig
+    init_keys = ("vq",)  # the trained VQ tokenizer
     generate_options = DALLE
 
     def __init__(self, config: DalleConfig):
@@ -134,8 +135,6 @@ class DalleTransformer(TextToImageModel):
         guidance_scale, temperature, top_k, top_p = given.guidance_scale, given.temperature, given.top_k, given.top_p
         batch_size = given.batch_size
         candidates = CANDIDATES.check(candidates)
-        if candidates < 1:
-            raise ValueError("candidates must be at least 1")
         if candidates > 1 and reranker is None:
             raise ValueError("reranking needs a reranker(images, prompts) -> scores")
         options = dict(guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,

@@ -22,8 +22,9 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from trilemma.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trilemma.data.sources import DataSource, WebDatasetStream
+from trilemma.data.sources import DataSource
 from trilemma.progress import progress as progress_bar
+from trilemma.registry import data_source
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -111,7 +112,7 @@ def latent_scale(autoencoder: nn.Module, dataset, device, n: int = 1024) -> floa
     pixels and does not cache latents (GALIP), or for streamed data. Every process must scale alike: a stream is
     read from its start, whole, not from this process's shards."""
     if isinstance(dataset, IterableDataset):
-        stream = WebDatasetStream(dataset.data, dataset.seed, rank=0, world=1).stream()
+        stream = data_source(dataset.data.type).build(dataset.data, dataset.seed, rank=0, world=1).stream()
         pixels = [next(stream)["pixel_values"] for _ in range(n)]
     else:
         pixels = [dataset[i]["pixel_values"] for i in range(n)]

@@ -61,7 +61,7 @@ class DataConfig:
     # parquet: a Parquet file or folder of them, or a folder written by datasets' save_to_disk
     path: str | None = None
     caption_column: str = "text"
-    image_column: str = "file_name"
+    image_column: str | None = None  # None: the source's own ("file_name" in a folder's metadata, "image" in a table)
     # webdataset: brace-expanded tar shards, an image (.jpg/.png/.webp) and a caption (.txt/.json) per sample
     urls: str | list[str] | None = None
     shuffle_buffer: int = 1000  # samples shuffled in memory as they stream past
@@ -133,11 +133,6 @@ class DataSource:
         return None
 
 
-def training_captions(dataset: DataSource, limit: int) -> list[str]:
-    """Up to `limit` captions of a dataset, read without decoding images where the source allows it."""
-    return dataset.captions(limit)
-
-
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB to (3, H, W) float in [-1, 1]."""
     arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
@@ -197,6 +192,7 @@ class ImageFolderSource(DataSource):
     def check_config(cls, data: DataConfig, where: str) -> None:
         if not data.path:
             raise ConfigError(f"{where}: an imagefolder needs 'path', the folder of images")
+        data.image_column = data.image_column or "file_name"
 
     @classmethod
     def build(cls, data: DataConfig, seed: int, rank: int | None, world: int | None) -> Epochs:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +32,21 @@ from trilemma.config import ConfigError
 from trilemma.data.sources import DataConfig, DataSource, Epochs, open_image, transform
 
 
+# Row groups (or Arrow files, memory-mapped) kept read: an epoch visits rows in a random order, so a table much
+# larger than this many row groups re-reads one per sample; write such a table with small row groups.
+CACHED_PARTS = 16
+SPLIT_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}")  # the Hub's {split}-00000-of-00003.parquet
+SPLIT_FOLDERS = ("train", "test", "validation", "valid", "dev")
+
+
+def split_of(relative: Path) -> str | None:
+    """The split a Parquet file of a Hub snapshot belongs to, by its name or its folder; None if it says none."""
+    named = SPLIT_FILE.match(relative.name)
+    if named:
+        return named["split"]
+    return next((part for part in relative.parts[:-1] if part in SPLIT_FOLDERS), None)
+
+
 class ParquetSource(DataSource):
     """The registered `parquet` source: a `Table` read epoch by epoch."""
 
@@ -38,8 +55,7 @@ class ParquetSource(DataSource):
         if not data.path:
             raise ConfigError(f"{where}: a parquet source needs 'path': a .parquet file, a folder of them, or a folder "
                               "written by datasets' save_to_disk")
-        if data.image_column == "file_name":  # the imagefolder default: a table's image column is "image"
-            data.image_column = "image"
+        data.image_column = data.image_column or "image"
 
     @classmethod
     def build(cls, data: DataConfig, seed: int, rank: int | None, world: int | None) -> Epochs:
@@ -68,7 +84,7 @@ class Table:
         self.offsets = np.cumsum([0] + [n for _, _, n in self.parts])
         if not self.captions:
             raise ValueError(f"{self.root} holds no rows; give a table of images with captions")
-        self._cached: tuple[int, pa.Table] | None = None
+        self._cached: OrderedDict[int, pa.Table] = OrderedDict()  # the last row groups read
 
     def _files(self) -> list[Path]:
         root = self.root
@@ -87,6 +103,15 @@ class Table:
         files = sorted(root.rglob("*.parquet"))
         if not files:
             raise ValueError(f"{root} holds no .parquet file and is not a save_to_disk folder")
+        # A Hub snapshot keeps its splits apart, as data/{split}-00000-of-00001.parquet or {split}/*.parquet:
+        # read only data.split's files, never another split's rows.
+        splits = {f: split_of(f.relative_to(root)) for f in files}
+        if any(splits.values()):
+            mine = [f for f in files if splits[f] == self.data.split]
+            if not mine:
+                raise ValueError(f"{root} has the splits {', '.join(sorted(set(filter(None, splits.values()))))}, "
+                                 f"not {self.data.split!r}; set data.split")
+            return mine
         return files
 
     def _read_captions(self, path: Path) -> tuple[pa.Schema, list[tuple[Path, int, int]], list]:
@@ -123,12 +148,15 @@ class Table:
 
     def _row(self, k: int) -> dict:
         part = int(np.searchsorted(self.offsets, k, side="right") - 1)
-        if self._cached is None or self._cached[0] != part:
+        if part not in self._cached:
             path, group, _ = self.parts[part]
             columns = [self.data.image_column]
-            table = self._arrow(path).select(columns) if group < 0 else pq.ParquetFile(path).read_row_group(group, columns=columns)
-            self._cached = (part, table)
-        return self._cached[1].slice(k - int(self.offsets[part]), 1).to_pylist()[0]
+            self._cached[part] = self._arrow(path).select(columns) if group < 0 else \
+                pq.ParquetFile(path).read_row_group(group, columns=columns)
+            while len(self._cached) > CACHED_PARTS:
+                self._cached.popitem(last=False)
+        self._cached.move_to_end(part)
+        return self._cached[part].slice(k - int(self.offsets[part]), 1).to_pylist()[0]
 
     def image(self, k: int, rng: np.random.Generator | None = None) -> torch.Tensor:
         value, name = self._row(k)[self.data.image_column], f"{self.root} row {k}"

@@ -22,7 +22,9 @@ from trilemma.data.cache import encoded_training_set, latent_scale
 from trilemma.data.sources import DataConfig, DataSource, build_dataset
 
 ENCODINGS = ("pixels", "latents", "tokens")
-LATENT_SCALE_SAMPLES = {"pixels": 1024, "stream": 256}  # images a latent scale is measured on, when not cached
+# Images a latent scale is measured on when it is not read off a cache: a model reading pixels (1,024), and a
+# latent model on streamed data, which caches nothing (256).
+LATENT_SCALE_SAMPLES = {"uncached": 1024, "stream_latents": 256}
 
 
 @dataclass
@@ -70,9 +72,9 @@ def build_training_set(data: DataConfig, inputs: TrainingInputs, seed: int, outp
                                                   Path(output_dir), device, kind, key)
         if inputs.latent_scale:
             scale = float(1.0 / encodings.std()) if encodings is not None else \
-                latent_scale(inputs.encoder, source, device, LATENT_SCALE_SAMPLES["stream"])
+                latent_scale(inputs.encoder, source, device, LATENT_SCALE_SAMPLES["stream_latents"])
     elif inputs.latent_scale:
-        scale = latent_scale(inputs.encoder, source, device, LATENT_SCALE_SAMPLES["pixels"])
+        scale = latent_scale(inputs.encoder, source, device, LATENT_SCALE_SAMPLES["uncached"])
     answers = dataset  # the source, or its cache of encodings (which maps an index to the source's)
     if inputs.hard_negatives or (inputs.hard_negatives is None and source.makes_hard_negatives):
         if not source.makes_hard_negatives or isinstance(dataset, IterableDataset):

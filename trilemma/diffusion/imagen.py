@@ -89,6 +89,7 @@ class ImagenConfig:
 class ImagenCascade(TextToImageModel):
     family = "diffusion"
     config_class = ImagenConfig
+    init_keys = ("stages",)  # {stage: folder}: stages to start from another cascade's
     generate_options = IMAGEN
 
     def __init__(self, config: ImagenConfig):
@@ -227,9 +228,6 @@ class ImagenCascade(TextToImageModel):
     def init_training(self, init: dict, device) -> None:
         """init.stages: {stage: folder} starts those stages (U-Net and text encoder) from another cascade's
         weights, e.g. to train an SR stage further on top of a finished base."""
-        unknown = set(init) - {"stages"}
-        if unknown:
-            raise ValueError(f"init: unknown keys {sorted(unknown)}; a cascade takes init.stages ({{stage: folder}})")
         for stage, source in (init.get("stages") or {}).items():
             donor = ImagenCascade.from_pretrained(source)
             k = int(stage)

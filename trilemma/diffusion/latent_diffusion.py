@@ -64,6 +64,7 @@ class LatentDiffusionConfig:
 class LatentDiffusion(TextToImageModel):
     family = "diffusion"
     config_class = LatentDiffusionConfig
+    init_keys = ("autoencoder", "model")  # the trained first stage, or a whole model to fine-tune
     generate_options = LATENT_DIFFUSION
 
     def __init__(self, config: LatentDiffusionConfig):
@@ -210,7 +211,6 @@ class LatentDiffusion(TextToImageModel):
         edit = init_edit(init_image, options.strength, len(prompts), self.resolution)
         clip = None
         if options.clip_guidance:
-
             clip = load_clip(options.guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
         if edit:  # SDEdit starts from the image's latent
             device = next(self.unet.parameters()).device

@@ -82,6 +82,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 class UnCLIP(ImagenCascade):
     family = "diffusion"
     config_class = UnCLIPConfig
+    init_keys = ("decoder",)  # a cascade whose base the decoder starts from
     generate_options = UNCLIP
 
     def __init__(self, config: UnCLIPConfig):
@@ -188,9 +189,6 @@ class UnCLIP(ImagenCascade):
     def init_training(self, init: dict, device) -> None:
         # init.decoder: a cascade (shipped name or folder) whose base U-Net and text encoder the decoder starts
         # from, as the paper's decoder starts from GLIDE; the embedding's projections start as set in __init__.
-        unknown = set(init) - {"decoder"}
-        if unknown:
-            raise ValueError(f"init: unknown keys {sorted(unknown)}; unCLIP takes init.decoder (a cascade to start from)")
         source = init.get("decoder")
         if source:
             donor = ImagenCascade.from_pretrained(_cascade_folder(source, "init.decoder")[0])

@@ -202,6 +202,7 @@ class Discriminator(nn.Module):
 class DFGAN(TextToImageModel):
     family = "gan"
     config_class = DFGANConfig
+    init_keys = ("autoencoder", "text_encoder")  # the latent mode's first stage; a trained text encoder
     generate_options = GAN
 
     def __init__(self, config: DFGANConfig):

@@ -217,6 +217,7 @@ class Discriminator(nn.Module):
 
 class GALIP(DFGAN):
     config_class = GALIPConfig
+    init_keys = ("autoencoder",)  # the latent mode's first stage
 
     def __init__(self, config: GALIPConfig):
         nn.Module.__init__(self)  # DFGAN's networks are replaced, not built

@@ -89,6 +89,10 @@ class ShapesFeatureNet(TrainableModel):
         """Shapes renders, each with its scene's targets (counts and layout)."""
         return TrainingInputs(self.config.resolution, per_sample=with_scene_targets)
 
+    def fit_data(self, training) -> None:
+        if not isinstance(training.source, ShapesDataset):  # refused now, not at the first batch
+            raise ValueError("the Shapes feature network learns from Shapes scenes; give it Shapes data ({\"type\": \"shapes\"})")
+
     def training_step(self, batch: dict, optimizer_name: str) -> dict[str, torch.Tensor]:
         pred = self.head(self.features(batch["pixel_values"]))
         target = batch["targets"]

@@ -57,6 +57,7 @@ class SentenceMatchingConfig:
 class SentenceMatching(TrainableModel):
     family = "text"
     config_class = SentenceMatchingConfig
+    init_keys = ("autoencoder",)  # the trained first stage whose latents it reads
 
     def __init__(self, config: SentenceMatchingConfig):
         super().__init__()

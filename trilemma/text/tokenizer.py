@@ -26,8 +26,8 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 
 def default_vocabulary() -> list[str]:
     """The word vocabulary of the default data source (the registry's; Shapes), which a model built without a
-    tokenizer of its own takes. Training fills a model's tokenizer from its recipe's data instead
-    (`tokenizer_for_data`)."""
+    tokenizer of its own takes. `trilemma train --data` builds the generator's tokenizer from its data instead
+    (`tokenizer_for_data`); a recipe for other data names its tokenizer in the model config."""
     return data_source(DEFAULT_DATA_SOURCE).vocabulary()
 
 

@@ -128,6 +128,10 @@ class TrainConfig:
         except KeyError as e:
             raise ConfigError(f"{where}: {e.args[0]}") from None
         parse_config(klass.config_class, config.model, f"{where}: model")
+        unknown = sorted(set(config.init) - set(klass.init_keys))
+        if unknown:
+            takes = f"it takes {', '.join(klass.init_keys)}" if klass.init_keys else "it starts from no pretrained parts"
+            raise ConfigError(f"{where}: init: {klass.__name__} does not take {', '.join(map(repr, unknown))}; {takes}")
         return config
 
 
