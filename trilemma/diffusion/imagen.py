@@ -329,7 +329,6 @@ class ImagenCascade(TextToImageModel):
             else options.threshold_percentile)
         classifier = None
         if getattr(options, "clip_guidance", None):  # (unCLIP declares none: its prior steers by CLIP)
-
             classifier = load_noise_aware_clip(options.guidance_clip, config.resolutions[0])
             classifier.check_schedule(self.noise_scheduler.config)
             classifier.to(next(self.unets[0].parameters()).device)
