@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resolution", type=_positive(int, 1024), help="with --data: image size (default 64, at most 1024)")
     tr.add_argument("--minutes", type=float, help="with --data: training time, both stages (default 30)")
     tr.add_argument("--out", help="with --data: the model folder to write (default runs/FAMILY)")
+    tr.add_argument("--backbone", choices=["unet", "mmdit"],
+                    help="with --data --family diffusion: the denoiser, Stable Diffusion's U-Net (default) or SD3's "
+                         "joint-attention transformer trained by rectified flow")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output folder")
     tr.add_argument("--steps", type=_positive(int))
     tr.add_argument("--output-dir")
@@ -309,7 +312,8 @@ def cmd_train(args) -> None:
     from trilemma.train.loop import TrainConfig, train
     from trilemma.train.pipeline import load_recipe, run_pipeline
 
-    pipeline_flags = {k: getattr(args, k) for k in ("data", "family", "resolution", "minutes", "out") if getattr(args, k) is not None}
+    pipeline_flags = {k: getattr(args, k) for k in ("data", "family", "resolution", "minutes", "out", "backbone")
+                      if getattr(args, k) is not None}
     one_model_flags = [k for k in ("steps", "max_minutes", "text_encoder") if getattr(args, k) is not None]
     family_recipe = _family_recipe(args.config)
     if args.config is None or family_recipe is not None:
@@ -328,6 +332,8 @@ def cmd_train(args) -> None:
         raw = {"family": args.family, "data": data, "output_dir": args.out or f"runs/{args.family}"}
         if args.minutes is not None:
             raw["minutes"] = args.minutes
+        if args.backbone is not None:
+            raw["backbone"] = args.backbone
         print(run_pipeline(load_recipe(raw, "--data/--family"), resume=args.resume))
         return
     if pipeline_flags:

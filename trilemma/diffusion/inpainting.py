@@ -99,7 +99,7 @@ class LatentInpainting(LatentDiffusion):
     def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress, cond=None,
                         **kwargs):
         if cond is None:  # text-to-image (and image-to-image): the whole image masked, as in training
-            device = next(self.unet.parameters()).device
+            device = next(self.network.parameters()).device
             blank = torch.zeros(1, 3, self.resolution, self.resolution, device=device)
             cond = self.conditioning(blank, torch.ones(1, 1, self.resolution, self.resolution, device=device))
             cond = cond.expand(len(prompts), -1, -1, -1)

@@ -7,6 +7,10 @@ those latents. Training uses v-prediction (Salimans & Ho, 2022) on a cosine
 schedule, min-SNR loss weighting (Hang et al., 2023) and condition dropout
 for classifier-free guidance (Ho & Salimans, 2022). Sampling uses diffusers'
 schedulers in the explicit loop of `trilemma.diffusion.sampling`.
+
+Stable Diffusion 3's two changes are options of the same model: `prediction_type: "flow"` trains rectified flow
+(`objective.flow_matching_loss`, logit-normal timesteps) and samples with diffusers' flow schedulers, and
+`backbone: "mmdit"` replaces the U-Net by the joint-attention transformer (`trilemma.diffusion.mmdit`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 
 from trilemma.data.training import TrainingInputs, TrainingSet
 from trilemma.autoencoders.kl import AutoencoderConfig, KLAutoencoder, frozen_autoencoder
@@ -22,7 +26,8 @@ from trilemma.clip import DEFAULT_CLIP, load_clip
 from trilemma.diffusion.editing import covering_mask, edit_rows, images_and_masks, init_edit, inpainting_method
 from trilemma.diffusion.denoiser import classifier_free_guidance
 from trilemma.diffusion.guidance import decoded_clip_guide, gradient_guidance
-from trilemma.diffusion.objective import denoising_loss
+from trilemma.diffusion.mmdit import build_mmdit, mmdit_forward
+from trilemma.diffusion.objective import denoising_loss, flow_matching_loss
 from trilemma.diffusion.sampling import make_sampler, repaint, sample, sdedit
 from trilemma.diffusion.options import LATENT_DIFFUSION
 from trilemma.model import TextToImageModel, TrainableModel, check_prompts, image_seeds, to_pil
@@ -41,7 +46,17 @@ class LatentDiffusionConfig:
     attention_head_dim: int = 8
     text_encoder: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 2, "num_heads": 4})
     tokenizer: dict = field(default_factory=lambda: PromptTokenizer().to_config())
-    prediction_type: str = "v_prediction"  # epsilon failed here at the terminal step (zero terminal SNR; the shapes-ldm card)
+    # epsilon failed here at the terminal step (zero terminal SNR; the shapes-ldm card); "flow": rectified flow (SD3)
+    prediction_type: str = "v_prediction"
+    # The denoising network: "unet" (Stable Diffusion's, cross-attention on the text) or "mmdit" (SD3's joint
+    # attention over text and latent tokens), sized by `transformer` (trilemma.diffusion.mmdit.MMDiTConfig).
+    backbone: str = "unet"
+    transformer: dict = field(default_factory=dict)
+    # Rectified flow: SD3's logit-normal timestep density (mean, std) and the schedule's shift (SD3: 3.0 at 1024 px,
+    # where more pixels keep more signal at a given noise level; 1.0 suits 8 x 8 latents).
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    flow_shift: float = 1.0
     beta_schedule: str = "squaredcos_cap_v2"
     num_train_timesteps: int = 1000
     condition_dropout: float = 0.1
@@ -61,6 +76,10 @@ class LatentDiffusionConfig:
     guidance_scale: float = 3.0
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
+BACKBONES = ("unet", "mmdit")
+
+
 class LatentDiffusion(TextToImageModel):
     family = "diffusion"
     config_class = LatentDiffusionConfig
@@ -76,6 +95,27 @@ class LatentDiffusion(TextToImageModel):
         self.text_encoder, self.tokenize, config.text_encoder = build_text_encoder(config.text_encoder, self.tokenizer)
         self._set_autoencoder(KLAutoencoder.from_config(config.autoencoder))
         ae = self.autoencoder.config
+        if config.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"model: prediction_type {config.prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+        if config.backbone not in BACKBONES:
+            raise ValueError(f"model: backbone {config.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if config.backbone == "mmdit":
+            if config.coord_channels:
+                raise ValueError("model: coord_channels is for the U-Net; the MMDiT adds positional embeddings itself")
+            self.transformer = build_mmdit(config.transformer, ae.latent_channels, self.latent_size,
+                                           ae.latent_channels + self.extra_input_channels(), self.text_encoder.hidden_size)
+        else:
+            self._build_unet(config, ae)
+        if config.prediction_type == "flow":
+            self.noise_scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps,
+                                                                   shift=config.flow_shift)
+        else:
+            self.noise_scheduler = DDPMScheduler(
+                num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                prediction_type=config.prediction_type, clip_sample=False,
+            )
+
+    def _build_unet(self, config: LatentDiffusionConfig, ae) -> None:
         n = len(config.unet_channels)
         self.unet = UNet2DConditionModel(
             sample_size=self.latent_size, in_channels=ae.latent_channels + 2 * config.coord_channels + self.extra_input_channels(),
@@ -86,10 +126,11 @@ class LatentDiffusion(TextToImageModel):
             cross_attention_dim=self.text_encoder.hidden_size, attention_head_dim=config.attention_head_dim,
             norm_num_groups=min(16, config.unet_channels[0]),
         )
-        self.noise_scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-            prediction_type=config.prediction_type, clip_sample=False,
-        )
+
+    @property
+    def network(self):
+        """The denoising backbone: the U-Net or the MMDiT."""
+        return self.transformer if self.config.backbone == "mmdit" else self.unet
 
     def extra_input_channels(self) -> int:
         """Input channels beside the noisy latent and the coordinates (an inpainting model's conditioning)."""
@@ -102,7 +143,7 @@ class LatentDiffusion(TextToImageModel):
         self.latent_size = self.config.resolution // autoencoder.config.downsample
 
     def core_networks(self):
-        return [self.unet]
+        return [self.network]
 
     # --- config ---------------------------------------------------------------
     def external_prefixes(self) -> tuple[str, ...]:
@@ -110,7 +151,7 @@ class LatentDiffusion(TextToImageModel):
 
     # --- training -------------------------------------------------------------
     def configure_optimizers(self, learning_rate: float, weight_decay: float = 0.0):
-        params = [p for p in list(self.unet.parameters()) + list(self.text_encoder.parameters()) if p.requires_grad]
+        params = [p for p in list(self.network.parameters()) + list(self.text_encoder.parameters()) if p.requires_grad]
         return {"model": torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)}
 
     def init_training(self, init: dict, device) -> None:
@@ -140,13 +181,16 @@ class LatentDiffusion(TextToImageModel):
         if not isinstance(donor, LatentDiffusion):
             raise ValueError(f"init.model {source} holds a {type(donor).__name__}, not a latent diffusion model")
         # What no weight shape shows but the function depends on (cross_attention_mask may change: that is a fine-tune).
-        for key in ("prediction_type", "beta_schedule", "num_train_timesteps", "attention_head_dim", "coord_channels"):
+        for key in ("prediction_type", "beta_schedule", "num_train_timesteps", "attention_head_dim", "coord_channels",
+                    "backbone", "flow_shift"):
             if getattr(donor.config, key) != getattr(self.config, key):
                 raise ValueError(f"init.model {source} has {key} {getattr(donor.config, key)!r}, this recipe "
                                  f"{getattr(self.config, key)!r}; copy the donor's value into the recipe")
-        mine, theirs = self.unet.state_dict(), donor.unet.state_dict()
+        mine, theirs = self.network.state_dict(), donor.network.state_dict()
+        # The input layer that grows with an inpainting model's channels: the U-Net's conv_in, the MMDiT's patch embedding.
+        input_key = "pos_embed.proj.weight" if self.config.backbone == "mmdit" else "conv_in.weight"
         for key, value in theirs.items():
-            if key == "conv_in.weight" and value.shape[1] < mine[key].shape[1]:
+            if key == input_key and value.shape[1] < mine[key].shape[1]:
                 if self.config.coord_channels:
                     raise ValueError("an inpainting model does not grow from a CoordConv donor (its coordinate "
                                      "channels come last); train one without coord_channels")
@@ -155,9 +199,9 @@ class LatentDiffusion(TextToImageModel):
                 grown[:, : value.shape[1]] = value
                 theirs[key] = grown
             elif key not in mine or value.shape != mine[key].shape:
-                raise ValueError(f"init.model {source}: its U-Net's {key} is {tuple(value.shape)}, this recipe's is "
+                raise ValueError(f"init.model {source}: its {self.config.backbone}'s {key} is {tuple(value.shape)}, this recipe's is "
                                  f"{tuple(mine[key].shape) if key in mine else 'absent'}; copy its 'model' config")
-        self.unet.load_state_dict(theirs)
+        self.network.load_state_dict(theirs)
         self.tokenizer = donor.tokenizer
         self.config.tokenizer = donor.config.tokenizer
         self.text_encoder, self.tokenize, self.config.text_encoder = donor.text_encoder, donor.tokenize, donor.config.text_encoder
@@ -165,13 +209,15 @@ class LatentDiffusion(TextToImageModel):
         self.config.latent_scale = donor.config.latent_scale
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.unet.parameters()).device
+        device = next(self.network.parameters()).device
         ids, mask = self.tokenize(prompts)
         states, _ = self.text_encoder(ids.to(device), mask.to(device))
         return states, mask.to(device)
 
     def denoise(self, x: torch.Tensor, t, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The U-Net's output (v or epsilon) for noisy latents x at timestep t."""
+        """The backbone's output (v, epsilon or the flow's velocity) for noisy latents x at timestep t."""
+        if self.config.backbone == "mmdit":
+            return mmdit_forward(self.transformer, x, t, states, mask)
         if self.config.coord_channels:
             ramp = torch.linspace(-1.0, 1.0, x.shape[-1], device=x.device, dtype=x.dtype)
             ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
@@ -191,8 +237,13 @@ class LatentDiffusion(TextToImageModel):
         drop = torch.rand(b) < self.config.condition_dropout
         texts = ["" if d else t for d, t in zip(drop.tolist(), batch["text"])]
         states, mask = self.encode_text(texts)
-        loss, mse = denoising_loss(self.noise_scheduler, lambda x, t: self.denoise(x, t, states, mask), latents,
-                                   self.config.prediction_type, self.config.min_snr_gamma)
+        network = lambda x, t: self.denoise(x, t, states, mask)  # noqa: E731
+        if self.config.prediction_type == "flow":
+            loss, mse = flow_matching_loss(network, latents, self.config.logit_mean, self.config.logit_std,
+                                           self.config.flow_shift, self.config.num_train_timesteps)
+        else:
+            loss, mse = denoising_loss(self.noise_scheduler, network, latents, self.config.prediction_type,
+                                       self.config.min_snr_gamma)
         return {"loss": loss, "mse": mse}
 
     # --- sampling -------------------------------------------------------------
@@ -211,9 +262,12 @@ class LatentDiffusion(TextToImageModel):
         edit = init_edit(init_image, options.strength, len(prompts), self.resolution)
         clip = None
         if options.clip_guidance:
-            clip = load_clip(options.guidance_clip or DEFAULT_CLIP).to(next(self.unet.parameters()).device)
+            if self.config.prediction_type == "flow":
+                raise ValueError("clip_guidance is written for noise schedules (epsilon, v); this model is trained with "
+                                 "rectified flow: leave clip_guidance unset")
+            clip = load_clip(options.guidance_clip or DEFAULT_CLIP).to(next(self.network.parameters()).device)
         if edit:  # SDEdit starts from the image's latent
-            device = next(self.unet.parameters()).device
+            device = next(self.network.parameters()).device
             edit = {"init": self.autoencoder.encode(edit["init"].to(device)) * self.config.latent_scale,
                     "strength": edit["strength"]}
         return self._generate_all(prompts, seed, options.steps, options.guidance_scale, options.sampler,
@@ -235,7 +289,7 @@ class LatentDiffusion(TextToImageModel):
                                      negative_prompt=negative_prompt, batch_size=batch_size)
         steps, guidance_scale, batch_size = options.steps, options.guidance_scale, options.batch_size
         method = inpainting_method(self, method, sampler, resample)
-        device = next(self.unet.parameters()).device
+        device = next(self.network.parameters()).device
         x, m = images_and_masks(image, mask, len(prompts), self.resolution)
         x, m = x.to(device), m.to(device)
         return self._inpaint(prompts, x, m, method, seed, steps, guidance_scale, sampler, negative_prompt, batch_size,
@@ -269,7 +323,7 @@ class LatentDiffusion(TextToImageModel):
 
     def _generate_batch(self, prompts, seeds, steps, guidance_scale, sampler_name, negative_prompt, progress, eta=0.0,
                         clip=None, clip_guidance=0.0, init=None, strength=1.0, known=None, resample=1, cond=None):
-        device = next(self.unet.parameters()).device
+        device = next(self.network.parameters()).device
         uncond = self.encode_text([negative_prompt] * len(prompts)) if guidance_scale != 1.0 else None
         guide = None
         if clip is not None:

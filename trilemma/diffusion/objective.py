@@ -1,6 +1,12 @@
-"""The denoising objective every diffusion model of the project trains with.
+"""The denoising objectives the diffusion models of the project train with.
 
-v-prediction (Salimans & Ho, 2022) or epsilon-prediction on a diffusers
+Rectified flow (Liu et al., 2022; Lipman et al., 2022, "flow matching"), as Stable Diffusion 3 trains it (Esser et
+al., 2024): the straight path x_t = (1 - t) x0 + t noise between data and noise, the network predicting the
+velocity noise - x0, with t drawn from a logit-normal density that puts the training on the middle of the path
+(the paper's best sampler of t, "rf/lognorm(0.00, 1.00)"). diffusers' flow schedulers sample it and use the same
+conventions (model timestep 1000 t, output noise - x0), but diffusers has no training loss for it.
+
+Or v-prediction (Salimans & Ho, 2022) or epsilon-prediction on a diffusers
 noise schedule, with optional min-SNR-gamma weighting (Hang et al., 2023),
 and optionally a learned variance (Nichol & Dhariwal, 2021, "Improved
 DDPM"): the network outputs twice the channels, the second half v in
@@ -52,6 +58,24 @@ def denoising_loss(scheduler: DDPMScheduler, denoise: Callable[[torch.Tensor, to
         x0_pred = predicted_x0(scheduler, out.detach(), noisy, t, prediction_type)  # stop-gradient on the mean
         loss = loss + 0.001 * scheduler.config.num_train_timesteps * vlb_term(scheduler, x0, noisy, t, x0_pred, var_values).mean()
     return loss, mse
+
+
+def flow_matching_loss(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                       logit_mean: float = 0.0, logit_std: float = 1.0, shift: float = 1.0,
+                       num_train_timesteps: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, plain MSE) of rectified flow for clean samples x0; `denoise(x_t, timestep)` is the network, given
+    timestep = num_train_timesteps * t as diffusers' flow schedulers call it. t ~ logit-normal(logit_mean,
+    logit_std) (SD3, section 3.1), then moved by the schedule's `shift` as the sampler's timesteps are
+    (t' = shift t / (1 + (shift - 1) t)), so that training and sampling put their weight on the same noise levels."""
+    b = x0.shape[0]
+    t = torch.sigmoid(logit_mean + logit_std * torch.randn(b, device=x0.device))
+    t = shift * t / (1 + (shift - 1) * t)
+    noise = torch.randn_like(x0)
+    tb = t.view(-1, *[1] * (x0.dim() - 1))
+    x_t = (1 - tb) * x0 + tb * noise
+    out = denoise(x_t, t * num_train_timesteps)
+    loss = F.mse_loss(out, noise - x0)
+    return loss, loss.detach()
 
 
 def predicted_x0(scheduler: DDPMScheduler, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:

@@ -11,7 +11,9 @@ from trilemma.options import BATCH_SIZE, GUIDANCE_SCALE, INF, NEGATIVE_PROMPT, S
 
 # trilemma.diffusion.sampling.SAMPLERS and thresholding.MODES hold the same names (a test checks that they agree):
 # they are written out here so that reading the declarations does not import torch.
-SAMPLER = Option("sampler", str, None, choices=("ddpm", "ddim", "dpmsolver++"), help="diffusion sampler")
+SAMPLER = Option("sampler", str, None, choices=("ddpm", "ddim", "dpmsolver++", "euler", "heun"),
+                 help="diffusion sampler (ddpm, ddim: noise-schedule models; euler, heun: rectified-flow models; "
+                      "dpmsolver++: both)")
 ETA = Option("eta", float, 0.0, 0.0, 1.0, help="DDIM's noise level (0: deterministic DDIM, 1: DDPM-like)")
 CLIP_GUIDANCE = Option("clip_guidance", float, None, 0.0, 10000.0, metavar="SCALE",
                        help="CLIP guidance (GLIDE) of this scale, with or without classifier-free guidance; pixel "

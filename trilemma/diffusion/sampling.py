@@ -8,7 +8,10 @@ the loop sees it, in this order:
 - gradient guidance, CLIP (GLIDE) or a classifier (Dhariwal & Nichol, 2021): `guidance.gradient_guidance`;
 - Imagen's thresholding (Saharia et al., 2022): `thresholding.thresholded`.
 
-The samplers are diffusers' schedulers: DDPM (ancestral), DDIM (eta configurable) and DPM-Solver++ (2M). This loop
+The samplers are diffusers' schedulers: DDPM (ancestral), DDIM (eta configurable) and DPM-Solver++ (2M) for models
+trained on a noise schedule (epsilon, v); Euler, Heun (second order, two evaluations a step) and DPM-Solver++ on flow
+sigmas for rectified-flow models (`objective.flow_matching_loss`), whose timestep t stands for noise level t / 1000
+on the straight path (1 - t) x0 + t noise. This loop
 owns what is the same for all of them: seeded starting noise and step noise, one generator per image; Improved
 DDPM's learned variance (Nichol & Dhariwal, 2021) handed to DDPM; progress reports.
 
@@ -27,14 +30,16 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                       FlowMatchHeunDiscreteScheduler)
 
 from trilemma.diffusion.denoiser import Denoiser, split_learned_variance
 from trilemma.model import seeded_noise
 from trilemma.progress import progress as progress_bar
 from trilemma.progress import report_step
 
-Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
+Scheduler = (DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler | FlowMatchEulerDiscreteScheduler
+             | FlowMatchHeunDiscreteScheduler)
 # A start point: (scheduler with its timesteps set, x_T) -> (the timesteps to take, the sample to start from).
 Start = Callable[[Scheduler, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # One sampler step: (x at timesteps[i], i) -> x at the noise level the step lands on.
@@ -47,13 +52,25 @@ StepWrapper = Callable[[Step, Scheduler, torch.Tensor, list[int]], Step]
 STEP_NOISE_SEED = 1_000_003
 REPAINT_NOISE_SEED = 2_000_003
 
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+DIFFUSION_SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+FLOW_SAMPLERS = ("euler", "heun", "dpmsolver++")
+SAMPLERS = DIFFUSION_SAMPLERS + ("euler", "heun")
+
+
+def is_flow(scheduler_or_config) -> bool:
+    """Whether a scheduler (or a training scheduler's config) is rectified flow's."""
+    config = getattr(scheduler_or_config, "config", scheduler_or_config)
+    return "shift" in config or bool(config.get("use_flow_sigmas"))
 
 
 def make_sampler(name: str, train_scheduler_config) -> Scheduler:
-    """A sampling scheduler on the training schedule."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    """A sampling scheduler on the training schedule: a noise schedule (DDPMScheduler's config) or rectified flow's
+    (FlowMatchEulerDiscreteScheduler's)."""
+    if is_flow(train_scheduler_config):
+        return _flow_sampler(name, train_scheduler_config)
+    if name not in DIFFUSION_SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} for a model trained on a noise schedule; choose one of "
+                         f"{', '.join(DIFFUSION_SAMPLERS)}")
     # "trailing" spacing starts sampling at the last training step (Lin et al., 2023).
     common = {"timestep_spacing": "trailing"}
     # Thresholding wraps the denoiser (`thresholding.thresholded`: any sampler, any prediction type): the schedulers'
@@ -74,6 +91,30 @@ def make_sampler(name: str, train_scheduler_config) -> Scheduler:
                                                    variance_type=None, **common)
 
 
+def _flow_sampler(name: str, config) -> Scheduler:
+    if name not in FLOW_SAMPLERS:
+        raise ValueError(f"sampler {name!r} is for models trained on a noise schedule; a rectified-flow model samples "
+                         f"with {', '.join(FLOW_SAMPLERS)}")
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
+    if name == "heun":
+        return FlowMatchHeunDiscreteScheduler(num_train_timesteps=config["num_train_timesteps"], shift=config["shift"])
+    # DPM-Solver++(2M) on the flow's sigmas (as diffusers' Sana and Wan pipelines): second order at one network call a
+    # step, where Heun takes two.
+    return DPMSolverMultistepScheduler(num_train_timesteps=config["num_train_timesteps"], use_flow_sigmas=True,
+                                       prediction_type="flow_prediction", flow_shift=config["shift"],
+                                       algorithm_type="dpmsolver++", solver_order=2)
+
+
+def noised(scheduler: Scheduler, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+    """q(x_t | x0): x0 carried to timestep t of the scheduler's process, with `noise`."""
+    if is_flow(scheduler):
+        sigma = float(t) / scheduler.config.num_train_timesteps
+        return (1 - sigma) * x0 + sigma * noise
+    ab = scheduler.alphas_cumprod.to(noise.device, torch.float32)[t]
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
 @torch.no_grad()
 def sample(denoiser: Denoiser, shape: tuple[int, ...], seeds: list[int], scheduler: Scheduler, steps: int,
            eta: float = 0.0, start: Start | None = None, wrap_step: StepWrapper | None = None, progress: bool = False,
@@ -85,7 +126,7 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], seeds: list[int], schedul
         raise ValueError("steps must be at least 1")
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
-    x = seeded_noise(shape, seeds, device) * scheduler.init_noise_sigma
+    x = seeded_noise(shape, seeds, device) * getattr(scheduler, "init_noise_sigma", 1.0)
     if start is not None:
         timesteps, x = start(scheduler, x)
     step = denoising_step(denoiser, scheduler, timesteps, seeds, eta, device)
@@ -110,7 +151,8 @@ def denoising_step(denoiser: Denoiser, scheduler: Scheduler, timesteps: torch.Te
 
     def step(x: torch.Tensor, i: int) -> torch.Tensor:
         t = timesteps[i]
-        out, var_values = split_learned_variance(denoiser(scheduler.scale_model_input(x, t), t), x.shape[1])
+        model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        out, var_values = split_learned_variance(denoiser(model_input, t), x.shape[1])
         if var_values is not None and learned_range:
             if t == last:
                 # The last step goes to x0 and adds no noise (Improved DDPM). Trailing spacing ends above t = 0,
@@ -137,8 +179,7 @@ def sdedit(init: torch.Tensor, strength: float) -> Start:
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(first * scheduler.order)
         # The seeded noise is the same draw as text-to-image's.
-        ab = scheduler.alphas_cumprod.to(noise.device, torch.float32)[timesteps[0]]
-        return timesteps, ab.sqrt() * init.to(noise.device, noise.dtype) + (1 - ab).sqrt() * noise
+        return timesteps, noised(scheduler, init.to(noise.device, noise.dtype), noise, timesteps[0])
     return start
 
 
@@ -149,6 +190,9 @@ def repaint(known: torch.Tensor, keep: torch.Tensor, resample: int = 1) -> StepW
         raise ValueError(f"resample must be at least 1, not {resample}")
 
     def wrap(step: Step, scheduler: Scheduler, timesteps: torch.Tensor, seeds: list[int]) -> Step:
+        if is_flow(scheduler):
+            raise ValueError("RePaint inpainting is written for noise schedules; this model is trained with rectified "
+                             "flow: use an inpainting model (shapes-ldm-f8-inpaint) or img2img")
         if resample > 1 and isinstance(scheduler, DPMSolverMultistepScheduler):
             raise ValueError("resample above 1 needs a one-step sampler (ddpm or ddim): "
                              "DPM-Solver++ keeps a history of past steps that going back would corrupt")

@@ -6,7 +6,7 @@ generator has learnt its latents, and more minutes go to it alone):
 
 | family         | first stage                       | generator                              |
 |----------------|-----------------------------------|----------------------------------------|
-| diffusion      | KL autoencoder, 4x down (8x > 64) | latent diffusion U-Net (Stable Diffusion) |
+| diffusion      | KL autoencoder, 4x down (8x > 64) | latent diffusion U-Net (Stable Diffusion), or with `backbone: mmdit` SD3's MMDiT with rectified flow |
 | autoregressive | VQ tokenizer, 8x down (4x < 64)   | GPT over text and image tokens (DALL-E)   |
 | gan            | KL autoencoder, 8x down (to 8x8)  | DF-GAN on its latents                     |
 
@@ -42,6 +42,7 @@ from trilemma.train.loop import TrainConfig, build_model, latest_checkpoint, tra
 FAMILIES = ("diffusion", "autoregressive", "gan")
 STAGES = {"diffusion": ("KLAutoencoder", "LatentDiffusion"), "autoregressive": ("VQTokenizer", "DalleTransformer"),
           "gan": ("KLAutoencoder", "DFGAN")}
+BACKBONES = ("unet", "mmdit")
 FIRST_STAGE_SHARE = 0.3
 SMALL_DATA = 10_000
 
@@ -56,6 +57,8 @@ class PipelineRecipe:
     minutes: float = 30.0
     seed: int = 0
     tokenizer_vocab_size: int = 2000
+    # The diffusion family's denoiser: "unet" (Stable Diffusion) or "mmdit" (SD3: joint attention, rectified flow).
+    backbone: str = "unet"
     first_stage: dict = field(default_factory=dict)  # TrainConfig keys ("model" merged key by key) over the rule
     generator: dict = field(default_factory=dict)
 
@@ -66,6 +69,10 @@ def load_recipe(raw: dict, where: str = "recipe") -> PipelineRecipe:
         raise ConfigError(f"{where}: 'family' must be one of {', '.join(FAMILIES)}, got {recipe.family!r}")
     if recipe.minutes <= 0:
         raise ConfigError(f"{where}: 'minutes' must be above 0, got {recipe.minutes}")
+    if recipe.backbone not in BACKBONES:
+        raise ConfigError(f"{where}: 'backbone' must be one of {', '.join(BACKBONES)}, got {recipe.backbone!r}")
+    if recipe.backbone != "unet" and recipe.family != "diffusion":
+        raise ConfigError(f"{where}: 'backbone' {recipe.backbone!r} is the diffusion family's; drop it for {recipe.family}")
     data = parse_data_config(recipe.data, f"{where}: data")
     r = data.resolution
     if r < 16 or r & (r - 1):
@@ -88,7 +95,8 @@ def _channels(downsample: int, widths=(32, 32, 64, 64)) -> list[int]:
     return list(widths[:n]) + [widths[-1]] * max(0, n - len(widths))
 
 
-def default_recipe(family: str, resolution: int, n_images: int | None, minutes: float, tokenizer: dict) -> tuple[dict, dict]:
+def default_recipe(family: str, resolution: int, n_images: int | None, minutes: float, tokenizer: dict,
+                   backbone: str = "unet") -> tuple[dict, dict]:
     """(first-stage TrainConfig dict, generator TrainConfig dict) per the size rule of this module's docstring."""
     small = n_images is not None and n_images < SMALL_DATA
     f = _downsample(family, resolution)
@@ -110,6 +118,12 @@ def default_recipe(family: str, resolution: int, n_images: int | None, minutes: 
             "resolution": resolution, "unet_channels": [32, 64, 64] if small else [64, 128, 128],
             "text_encoder": text, "tokenizer": tokenizer, "guidance_scale": 3.0},
             "learning_rate": 6e-4, "batch_size": 64, "ema_decay": 0.998}
+        if backbone == "mmdit":
+            # SD3's pair: the joint-attention transformer trained by rectified flow, patches chosen so the latent
+            # grid is 8 x 8 tokens (the size bench/mmdit_sizes.py measured against the U-Net).
+            latent = resolution // f
+            gen["model"].update(backbone="mmdit", prediction_type="flow", min_snr_gamma=None, transformer={
+                "num_layers": 4, "num_attention_heads": 4, "attention_head_dim": 32, "patch_size": max(1, latent // 8)})
     elif family == "autoregressive":
         gen = {"model_class": "DalleTransformer", "model": {
             "tokenizer": tokenizer, "n_layer": 4, "n_embd": 128 if small else 192, "n_head": 4 if small else 6,
@@ -153,7 +167,7 @@ def run_pipeline(recipe: PipelineRecipe, resume: bool = False, progress: bool = 
     else:
         tokenizer = caption_tokenizer(recipe, source)
     n_images = len(source.source) if isinstance(source, Epochs) else None  # a finite table of images
-    first, gen = default_recipe(recipe.family, data.resolution, n_images, recipe.minutes, tokenizer)
+    first, gen = default_recipe(recipe.family, data.resolution, n_images, recipe.minutes, tokenizer, recipe.backbone)
     common = {"data": recipe.data, "seed": recipe.seed}
     first = _merge({**first, **common, "output_dir": str(out / "first-stage")}, recipe.first_stage)
     gen = _merge({**gen, **common, "output_dir": str(out / "generator")}, recipe.generator)
