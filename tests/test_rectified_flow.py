@@ -94,19 +94,26 @@ def test_flow_trains_and_draws_text_to_image_with_guidance_negative_prompts_and_
     assert diff(near, plain) < diff(far, plain)
 
 
-def test_the_mmdit_folder_loads_in_diffusers(tmp_path):
+def test_the_mmdit_exports_and_its_transformer_folder_loads_in_diffusers(tmp_path):
     torch.manual_seed(0)
     model = LatentDiffusion.from_config(TINY_MMDIT).eval()
-    model.transformer.save_pretrained(tmp_path / "transformer")
-    loaded = SD3Transformer2DModel.from_pretrained(tmp_path / "transformer").eval()
+    model.save_pretrained(tmp_path / "model")
+    code, _, err = run_cli("export", tmp_path / "model", tmp_path / "exported", "--format", "diffusers")
+    assert code == 0, err[-2000:]
+    assert not (tmp_path / "exported" / "model_index.json").exists()  # no pipeline claims it (the docstring says why)
+    loaded = SD3Transformer2DModel.from_pretrained(tmp_path / "exported" / "transformer").eval()
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "exported" / "scheduler")
+    assert scheduler.config.shift == model.config.flow_shift
     x = torch.randn(2, 4, 16, 16)
     states, mask = model.encode_text(["a red circle", "a blue square above a green circle"])
     with torch.no_grad():
         ours = model.denoise(x, torch.tensor(500.0), states, mask)
+        # What trilemma.json says the transformer takes: the token states and their mean over the prompt's tokens.
         pooled = (states * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
         theirs = loaded(hidden_states=x, encoder_hidden_states=states, pooled_projections=pooled,
                         timestep=torch.tensor([500.0, 500.0])).sample
     assert torch.allclose(ours, theirs, atol=1e-5)
+    assert "pooled_projections" in json.loads((tmp_path / "exported" / "trilemma.json").read_text())["inputs"]
 
 
 def test_train_data_picks_the_transformer(tmp_path):

@@ -18,6 +18,12 @@ What does not export, and why:
 - a frozen pretrained text encoder (Imagen-style): it already lives in its own folder; not handled yet;
 - the pixel cascade (shapes-imagen): diffusers' IFPipeline expects DeepFloyd IF's T5 and its own
   super-resolution stage classes, and the GAN and autoregressive families have no diffusers pipeline;
+- an MMDiT model (`backbone: "mmdit"`, SD3's transformer): its parts export (`export_mmdit`: `transformer/`, which
+  `SD3Transformer2DModel.from_pretrained` loads, `vae/`, `text_encoder/`, `tokenizer/` and the flow's `scheduler/`),
+  but no whole pipeline fits: `StableDiffusion3Pipeline` builds the transformer's text input from two CLIP towers
+  (their penultimate token states side by side, zero-padded to T5's width, then T5's 256 tokens after them, zeros
+  when T5 is absent) and its pooled vector from the two towers' projected outputs. This model has one text encoder
+  and mean-pools its token states, so the pipeline would hand the transformer text it never saw;
 - unCLIP (shapes-unclip): diffusers' UnCLIPPipeline expects DALL-E 2's text projection and a super-resolution
   decoder chain that this model does not have, so no pipeline loads the whole model. Its prior is diffusers' own
   `PriorTransformer`, so that part exports alone (`prior/`, loaded by `PriorTransformer.from_pretrained`,
@@ -59,6 +65,10 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{model_name} is a {type(model).__name__}; only latent diffusion models export to diffusers "
                          "(and unCLIP's prior alone; diffusers has no pipeline for trilemma's cascade, autoregressive or GAN models)")
     config = model.config
+    if config.backbone == "mmdit":
+        if not isinstance(model.text_encoder, TransformerTextEncoder):
+            raise ValueError(f"{model_name} uses a frozen pretrained text encoder; exporting it is not supported yet")
+        return export_mmdit(model, model_name, out)
     if config.cross_attention_mask:
         raise ValueError(f"{model_name} was trained with its U-Net skipping padding tokens (cross_attention_mask), which "
                          "diffusers' pipelines cannot do; fine-tune it with \"cross_attention_mask\": false "
@@ -68,25 +78,12 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
     if not isinstance(model.text_encoder, TransformerTextEncoder):
         raise ValueError(f"{model_name} uses a frozen pretrained text encoder; exporting it is not supported yet")
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
-    from transformers import PreTrainedTokenizerFast
 
     out = ensure_writable(out)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model.tokenizer._tok, model_max_length=model.tokenizer.max_length,
-                                        pad_token=SPECIAL_TOKENS[0], unk_token=SPECIAL_TOKENS[1],
-                                        bos_token=SPECIAL_TOKENS[2], eos_token=SPECIAL_TOKENS[3])
+    tokenizer = _tokenizer(model)
     text_encoder = model.text_encoder.transformer
     text_encoder.config.use_attention_mask = True  # the pipeline then hands the padding mask to the encoder, as trilemma does
-    vae = model.autoencoder.vae
-    vae.register_to_config(scaling_factor=float(config.latent_scale))
-    # trilemma encodes images (SDEdit's input, the inpainting model's masked image) by the posterior's mode;
-    # diffusers' img2img and inpainting pipelines sample it. This autoencoder's posterior is wide (std 0.39 on
-    # average for shapes-ldm-f8's), so the exported posterior's log-variance is set to -30 (std 3e-7): the
-    # pipelines' sample is then the mode, and they edit as trilemma does. Mean and decoder are untouched, so
-    # nothing else changes; only fine-tuning the exported autoencoder with its KL term would notice.
-    moments = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
-    with torch.no_grad():
-        moments.weight[vae.config.latent_channels:] = 0.0
-        moments.bias[vae.config.latent_channels:] = -30.0
+    vae = _export_vae(model)
     scheduler = model.make_sampler(config.sampler)
     pipeline_class = StableDiffusionInpaintPipeline if isinstance(model, LatentInpainting) else StableDiffusionPipeline
     pipe = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=model.unet, scheduler=scheduler,
@@ -98,6 +95,68 @@ def export_diffusers(model_name: str | Path, out: str | Path) -> Path:
             "training": {k: getattr(config, k) for k in ("condition_dropout", "min_snr_gamma")}}
     write_json(out / EXPORT_NOTE, note)
     (out / "README.md").write_text(_card(model_name, pipeline_class.__name__, note))
+    return out
+
+
+def _tokenizer(model):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=model.tokenizer._tok, model_max_length=model.tokenizer.max_length,
+                                   pad_token=SPECIAL_TOKENS[0], unk_token=SPECIAL_TOKENS[1],
+                                   bos_token=SPECIAL_TOKENS[2], eos_token=SPECIAL_TOKENS[3])
+
+
+def _export_vae(model):
+    vae = model.autoencoder.vae
+    vae.register_to_config(scaling_factor=float(model.config.latent_scale))
+    # trilemma encodes images (SDEdit's input, the inpainting model's masked image) by the posterior's mode;
+    # diffusers' img2img and inpainting pipelines sample it. This autoencoder's posterior is wide (std 0.39 on
+    # average for shapes-ldm-f8's), so the exported posterior's log-variance is set to -30 (std 3e-7): the
+    # pipelines' sample is then the mode, and they edit as trilemma does. Mean and decoder are untouched, so
+    # nothing else changes; only fine-tuning the exported autoencoder with its KL term would notice.
+    moments = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
+    with torch.no_grad():
+        moments.weight[vae.config.latent_channels:] = 0.0
+        moments.bias[vae.config.latent_channels:] = -30.0
+    return vae
+
+
+def export_mmdit(model, model_name, out: str | Path) -> Path:
+    """An MMDiT latent diffusion model's parts in diffusers' classes and layout (the module docstring says why no
+    pipeline loads them whole): `transformer/` (SD3Transformer2DModel), `vae/`, `text_encoder/`, `tokenizer/`,
+    `scheduler/` (FlowMatchEulerDiscreteScheduler) and what trilemma feeds the transformer (`trilemma.json`)."""
+    config = model.config
+    out = ensure_writable(out)
+    model.transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    _export_vae(model).save_pretrained(out / "vae", safe_serialization=True)
+    text_encoder = model.text_encoder.transformer
+    text_encoder.config.use_attention_mask = True
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    _tokenizer(model).save_pretrained(out / "tokenizer")
+    model.noise_scheduler.save_pretrained(out / "scheduler")
+    note = {"exported_from": str(model_name), "model_class": type(model).__name__, "backbone": "mmdit",
+            "prediction_type": "flow", "sampler": config.sampler, "num_inference_steps": config.sampling_steps,
+            "guidance_scale": config.guidance_scale, "height": config.resolution, "width": config.resolution,
+            "inputs": "hidden_states: latents x vae scaling_factor; encoder_hidden_states: the text encoder's last "
+                      "token states (padding included); pooled_projections: their mean over the prompt's tokens "
+                      "(attention mask 1); timestep: 1000 t on the path (1 - t) latents + t noise; output: noise - latents"}
+    write_json(out / EXPORT_NOTE, note)
+    (out / "README.md").write_text(f"""# {Path(str(model_name)).name}, exported from trilemma
+
+A latent diffusion model with Stable Diffusion 3's backbone (MMDiT) trained by rectified flow with trilemma,
+its parts in diffusers' classes:
+
+```python
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+transformer = SD3Transformer2DModel.from_pretrained("THIS_FOLDER", subfolder="transformer")
+vae = AutoencoderKL.from_pretrained("THIS_FOLDER", subfolder="vae")
+scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained("THIS_FOLDER", subfolder="scheduler")
+```
+
+No diffusers pipeline loads it whole: `StableDiffusion3Pipeline` builds the transformer's text input from two
+CLIP towers and T5, and this model reads one text encoder's token states and their mean (`{EXPORT_NOTE}` says
+exactly what the transformer takes). `trilemma generate --model` runs the trilemma checkpoint this came from.
+""")
     return out
 
 
