@@ -119,14 +119,27 @@ def main():
     ap.add_argument("--tune", default="3,5", help="guidance scales tried on train prompts")
     ap.add_argument("--tune-n", type=int, default=100)
     ap.add_argument("--probe-n", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed", action="store_true",
+                    help="only time sampling, every run's last snapshot in this one process (on an idle machine), "
+                         "into the results the scoring wrote")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.pop("_meta", None)
+    meta = {"n": args.n, "curve_n": args.curve_n, "tune_n": args.tune_n, "probe_n": args.probe_n,
+            "scorer_version": SCORER_VERSION}
     for run in map(Path, args.runs):
         last = snapshots(run)[-1]
+        if args.speed:
+            model = TrainableModel.from_pretrained(last).eval()
+            results[run.name]["images_per_second"] = images_per_second(model, results[run.name]["guidance_scale"])
+            print(run.name, results[run.name]["images_per_second"], flush=True)
+            results_path.write_text(json.dumps({**results, "_meta": meta}, indent=2) + "\n")
+            continue
         model = TrainableModel.from_pretrained(last).eval()
         info = json.loads((last / "training.json").read_text())
         guidance, tuning = tune_guidance(model, [float(s) for s in args.tune.split(",")], args.tune_n)
@@ -135,22 +148,19 @@ def main():
         for split in ("test", "test-novel"):
             summary, _, _ = score_split(model, split, args.n, guidance_scale=guidance)
             row["splits"][split] = rates(summary)
-        row["images_per_second"] = images_per_second(model, guidance)
+        row["images_per_second"] = results.get(run.name, {}).get("images_per_second")  # --speed measures it
         row["relation_probe"] = relation_probe(model, args.probe_n, guidance)
         row["curve"] = curve(run, args.curve_n, args.stride, guidance)
         print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
         results[run.name] = row
-        results_path.write_text(json.dumps({**results, "_meta": {"n": args.n, "curve_n": args.curve_n,
-                                                                  "scorer_version": SCORER_VERSION}}, indent=2) + "\n")
-        results.pop("_meta", None)
-    results.pop("_meta", None)
+        results_path.write_text(json.dumps({**results, "_meta": meta}, indent=2) + "\n")
     rows = [r for r in results.values() if isinstance(r, dict) and "splits" in r]
     lines = [f"| arm | CPU min | steps | guidance | split | {' | '.join(CATEGORIES)} |",
              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in CATEGORIES) + " |"]
     for r in rows:
         for split, cells in r["splits"].items():
             lines.append(f"| {r['run']} | {r['minutes']} | {r['step']} | {r['guidance_scale']} | `{split}` | "
-                         + " | ".join(f"{cells.get(k, float('nan')):.3f}" for k in CATEGORIES) + " |")
+                         + " | ".join("-" if cells.get(k) is None else f"{cells[k]:.3f}" for k in CATEGORIES) + " |")
     lines += ["", "| arm | images/s (2 threads, one process) | relation holds | holds in both (flip probe) | pairs found |",
               "| --- | --- | --- | --- | --- |"]
     for r in rows:
