@@ -27,6 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+import trilemma  # noqa: E402
+
 from score_model import score_split  # noqa: E402
 
 from trilemma.model import TrainableModel  # noqa: E402
@@ -67,7 +69,7 @@ def tune_guidance(model, scales: list[float], n: int) -> tuple[float, dict]:
     return max(results, key=results.get), results
 
 
-def relation_probe(model, n: int, guidance: float) -> dict:
+def relation_probe(model, n: int, guidance: float | None) -> dict:
     """The relation-flip probe on n position scenes of `train` (see the module docstring)."""
     scenes = [sample_scene("train", 10_000 + i, category="position") for i in range(n)]
     parsed = [parse_prompt(s.prompt) for s in scenes]
@@ -76,8 +78,9 @@ def relation_probe(model, n: int, guidance: float) -> dict:
     flipped = [f"a {p.objects[0].color} {p.objects[0].shape} {WORDING[OPPOSITE[p.relation]]} a "
                f"{p.objects[1].color} {p.objects[1].shape}" for p in parsed]
     # The same seed for a prompt and its flip: generate() seeds image i with seed + i.
-    first = model.generate(original, seed=0, guidance_scale=guidance)
-    second = model.generate(flipped, seed=0, guidance_scale=guidance)
+    options = {} if guidance is None else {"guidance_scale": guidance}
+    first = model.generate(original, seed=0, **options)
+    second = model.generate(flipped, seed=0, **options)
     found = both = holds = 0
     for p, a, b in zip(parsed, first, second):
         ok = []
@@ -96,8 +99,8 @@ def relation_probe(model, n: int, guidance: float) -> dict:
             holds += sum(ok)
             both += all(ok)
     return {"scenes": n, "objects_found_in_both": found,
-            "relation_holds": round(holds / max(2 * found, 1), 3),
-            "holds_in_both": round(both / max(found, 1), 3)}
+            "relation_holds": round(float(holds) / max(2 * found, 1), 3),
+            "holds_in_both": round(float(both) / max(found, 1), 3)}
 
 
 def images_per_second(model, guidance: float, batch: int = 32, repeats: int = 2) -> float:
@@ -111,7 +114,13 @@ def images_per_second(model, guidance: float, batch: int = 32, repeats: int = 2)
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", nargs="+", required=True)
+    ap.add_argument("--runs", nargs="*", default=[])
+    ap.add_argument("--probe-guidance", default="", metavar="G1,G2",
+                    help="with --probe-models: also probe at these guidance scales (does stronger guidance make the "
+                         "layout follow the relation?)")
+    ap.add_argument("--probe-models", nargs="*", default=[], metavar="NAME",
+                    help="also run the relation-flip probe alone on these models (shipped names or folders), at their "
+                         "own default guidance: what reading the relation looks like in a model that passes position")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--curve-n", type=int, default=100)
@@ -120,6 +129,10 @@ def main():
     ap.add_argument("--tune-n", type=int, default=100)
     ap.add_argument("--probe-n", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", nargs="*", default=[], metavar="RUN",
+                    help="runs whose wall minutes are the CPU clock: trained side by side, one thread each, nothing "
+                         "else running. Every arm's minutes are its steps at the step rate of the clock run with its "
+                         "backbone (the other arms shared the cores with scoring, so their wall minutes run slow)")
     ap.add_argument("--speed", action="store_true",
                     help="only time sampling, every run's last snapshot in this one process (on an idle machine), "
                          "into the results the scoring wrote")
@@ -132,6 +145,14 @@ def main():
     results.pop("_meta", None)
     meta = {"n": args.n, "curve_n": args.curve_n, "tune_n": args.tune_n, "probe_n": args.probe_n,
             "scorer_version": SCORER_VERSION}
+    probes = results.setdefault("_probes", {})
+    for name in args.probe_models:
+        model = trilemma.load(name)
+        for scale in [None] + [float(g) for g in args.probe_guidance.split(",") if g]:
+            key = name if scale is None else f"{name} at guidance {scale:g}"
+            probes[key] = relation_probe(model, args.probe_n, scale)
+            print(key, probes[key], flush=True)
+        results_path.write_text(json.dumps({**results, "_meta": meta}, indent=2) + "\n")
     for run in map(Path, args.runs):
         last = snapshots(run)[-1]
         if args.speed:
@@ -143,7 +164,7 @@ def main():
         model = TrainableModel.from_pretrained(last).eval()
         info = json.loads((last / "training.json").read_text())
         guidance, tuning = tune_guidance(model, [float(s) for s in args.tune.split(",")], args.tune_n)
-        row = {"run": run.name, "step": info["step"], "minutes": round(info["train_seconds"] / 60, 2),
+        row = {"run": run.name, "backbone": model.config.backbone, "step": info["step"], "minutes": round(info["train_seconds"] / 60, 2),
                "parameters": model.num_parameters(), "guidance_scale": guidance, "tuning_train": tuning, "splits": {}}
         for split in ("test", "test-novel"):
             summary, _, _ = score_split(model, split, args.n, guidance_scale=guidance)
@@ -155,11 +176,23 @@ def main():
         results[run.name] = row
         results_path.write_text(json.dumps({**results, "_meta": meta}, indent=2) + "\n")
     rows = [r for r in results.values() if isinstance(r, dict) and "splits" in r]
+    probes = results.get("_probes", {})
+    rates_by_backbone = {}
+    for name in args.clock:
+        r = results[Path(name).name]
+        rates_by_backbone[r["backbone"]] = r["minutes"] / r["step"]
+    for r in rows:
+        per_step = rates_by_backbone.get(r["backbone"])
+        r["cpu_minutes"] = round(r["step"] * per_step, 2) if per_step else r["minutes"]
+        for point in r["curve"]:
+            point["cpu_minutes"] = round(point["step"] * per_step, 2) if per_step else point["minutes"]
+    if rows:
+        results_path.write_text(json.dumps({**results, "_meta": meta}, indent=2) + "\n")
     lines = [f"| arm | CPU min | steps | guidance | split | {' | '.join(CATEGORIES)} |",
              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in CATEGORIES) + " |"]
     for r in rows:
         for split, cells in r["splits"].items():
-            lines.append(f"| {r['run']} | {r['minutes']} | {r['step']} | {r['guidance_scale']} | `{split}` | "
+            lines.append(f"| {r['run']} | {r['cpu_minutes']} | {r['step']} | {r['guidance_scale']} | `{split}` | "
                          + " | ".join("-" if cells.get(k) is None else f"{cells[k]:.3f}" for k in CATEGORIES) + " |")
     lines += ["", "| arm | images/s (2 threads, one process) | relation holds | holds in both (flip probe) | pairs found |",
               "| --- | --- | --- | --- | --- |"]
@@ -167,15 +200,18 @@ def main():
         p = r["relation_probe"]
         lines.append(f"| {r['run']} | {r['images_per_second']} | {p['relation_holds']} | {p['holds_in_both']} | "
                      f"{p['objects_found_in_both']} / {p['scenes']} |")
+    for name, p in probes.items():
+        lines.append(f"| {name} (shipped, probe only) | - | {p['relation_holds']} | {p['holds_in_both']} | "
+                     f"{p['objects_found_in_both']} / {p['scenes']} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for r in rows:
-        minutes = [p["minutes"] for p in r["curve"]]
+        minutes = [p["cpu_minutes"] for p in r["curve"]]
         for ax, key in zip(axes, ("overall", "position", "count")):
             ax.plot(minutes, [p[key] for p in r["curve"]], "-o", label=r["run"].removeprefix("rf-"), markersize=3)
     for ax, key in zip(axes, ("overall", "position", "count")):
         ax.set_title(f"{key}, first {args.curve_n} test prompts")
-        ax.set_xlabel("training minutes (one CPU thread)")
+        ax.set_xlabel("CPU minutes (one thread of two, side by side)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("pass rate")
