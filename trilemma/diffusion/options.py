@@ -11,6 +11,15 @@ from trilemma.options import BATCH_SIZE, GUIDANCE_SCALE, INF, NEGATIVE_PROMPT, S
 
 # trilemma.diffusion.sampling.SAMPLERS and thresholding.MODES hold the same names (a test checks that they agree):
 # they are written out here so that reading the declarations does not import torch.
+# Which samplers a model takes depends on how it was trained: a noise schedule (epsilon, v) or rectified flow.
+NOISE_SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+FLOW_SAMPLERS = ("euler", "heun", "dpmsolver++")
+
+
+def samplers_for(prediction_type: str | None) -> tuple[str, ...]:
+    return FLOW_SAMPLERS if prediction_type == "flow" else NOISE_SAMPLERS
+
+
 SAMPLER = Option("sampler", str, None, choices=("ddpm", "ddim", "dpmsolver++", "euler", "heun"),
                  help="diffusion sampler (ddpm, ddim: noise-schedule models; euler, heun: rectified-flow models; "
                       "dpmsolver++: both)")

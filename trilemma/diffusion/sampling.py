@@ -34,6 +34,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        FlowMatchHeunDiscreteScheduler)
 
 from trilemma.diffusion.denoiser import Denoiser, split_learned_variance
+from trilemma.diffusion.options import FLOW_SAMPLERS, NOISE_SAMPLERS
 from trilemma.model import seeded_noise
 from trilemma.progress import progress as progress_bar
 from trilemma.progress import report_step
@@ -52,8 +53,7 @@ StepWrapper = Callable[[Step, Scheduler, torch.Tensor, list[int]], Step]
 STEP_NOISE_SEED = 1_000_003
 REPAINT_NOISE_SEED = 2_000_003
 
-DIFFUSION_SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
-FLOW_SAMPLERS = ("euler", "heun", "dpmsolver++")
+DIFFUSION_SAMPLERS, FLOW_SAMPLERS = NOISE_SAMPLERS, FLOW_SAMPLERS
 SAMPLERS = DIFFUSION_SAMPLERS + ("euler", "heun")
 
 

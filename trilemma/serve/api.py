@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from trilemma import __version__
 from trilemma.diffusion.editing import box_mask, mask_tensor  # editing's shared mask helpers, not a model
-from trilemma.diffusion.options import SAMPLER, STRENGTH
+from trilemma.diffusion.options import SAMPLER, STRENGTH, samplers_for
 from trilemma.options import GUIDANCE_SCALE, INF, MAX_SEED, NEGATIVE_PROMPT, STEPS, Option
 from trilemma.registry import DEFAULT_MODEL, GENERATE_OPTIONS, INPAINTING_MODEL, generate_options, model_class
 from trilemma.serve.jobs import FINISHED, Job, JobManager, QueueFull
@@ -140,6 +140,8 @@ def describe_models(models: dict[str, Path]) -> dict[str, dict]:
                                                          ("sampler", "sampler")) if model_config.get(c) is not None}
         out[name] = {
             "name": name, "family": config["family"], "model_class": config["model_class"],
+            # the samplers its training allows (a rectified-flow model takes euler/heun, a noise schedule ddpm/ddim)
+            "samplers": list(samplers_for(model_config.get("prediction_type"))) if "sampler" in declared else [],
             "options": ["seed", "num_images", *declared],
             "defaults": defaults,
             # the declarations of its options, from which the page draws its form (the default: this model's)
@@ -194,6 +196,9 @@ def _check_options(params: dict, info: dict, limits: Limits, errors: list) -> No
                    and k not in info["options"] and k not in ("negative_prompt",)]
     if params.get("negative_prompt") and "negative_prompt" not in info["options"]:
         unsupported.append("negative_prompt")
+    sampler = params.get("sampler")
+    if sampler and info.get("samplers") and sampler not in info["samplers"] and "sampler" not in unsupported:
+        errors.append(("sampler", f"{info['name']} samples with {', '.join(info['samplers'])}, not {sampler!r}"))
     for k in unsupported:
         errors.append((k, f"{info['name']} ({info['family']}) does not take {k}; it takes "
                           f"{', '.join(o for o in info['options'] if o not in ('seed', 'num_images')) or 'no options'}"))
